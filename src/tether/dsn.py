@@ -1,0 +1,146 @@
+"""DSN URLs: ``mysql://user:password@host:3306/db?charset=utf8mb4&connect_timeout=5``.
+
+Accepted schemes: ``mysql``, ``mariadb``, and ``mysql+pymysql`` / ``mysql+mysqldb`` /
+``mysql+mysqlclient`` (the part after ``+`` names the driver, as SQLAlchemy URLs do). The password
+may be percent-encoded. ``unix_socket`` in the query selects a socket instead of TCP.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+from .errors import DSNError
+
+__all__ = ["DSN", "parse_dsn"]
+
+_SCHEMES = {
+    "mysql": None,
+    "mariadb": None,
+    "mysql+pymysql": "pymysql",
+    "mariadb+pymysql": "pymysql",
+    "mysql+mysqldb": "mysqlclient",
+    "mysql+mysqlclient": "mysqlclient",
+    "mariadb+mysqldb": "mysqlclient",
+    "mariadb+mysqlclient": "mysqlclient",
+}
+
+# Query options understood by both drivers, with the type they are converted to.
+_INT_OPTIONS = {"port"}
+_FLOAT_OPTIONS = {"connect_timeout", "read_timeout", "write_timeout"}
+_STR_OPTIONS = {
+    "charset",
+    "collation",
+    "unix_socket",
+    "ssl_ca",
+    "ssl_cert",
+    "ssl_key",
+    "init_command",
+    "sql_mode",
+}
+_BOOL_OPTIONS = {"ssl_disabled", "ssl_verify_cert", "ssl_verify_identity"}
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+@dataclass(frozen=True)
+class DSN:
+    """A parsed DSN. The password is kept out of ``repr`` and ``str``."""
+
+    host: str = "127.0.0.1"
+    port: int = 3306
+    user: str = ""
+    password: str = field(default="", repr=False)
+    database: str | None = None
+    driver: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        return self.redacted()
+
+    def redacted(self) -> str:
+        """The DSN as a URL with the password replaced by ``***``."""
+        auth = self.user + (":***" if self.password else "")
+        where = self.options.get("unix_socket") or f"{self.host}:{self.port}"
+        return f"mysql://{auth}@{where}/{self.database or ''}"
+
+    @property
+    def address(self) -> str:
+        """Where the server is, for messages: ``host:port`` or the socket path."""
+        return str(self.options.get("unix_socket") or f"{self.host}:{self.port}")
+
+
+def _convert(name: str, value: str) -> Any:
+    try:
+        if name in _INT_OPTIONS:
+            return int(value)
+        if name in _FLOAT_OPTIONS:
+            number = float(value)
+            if number <= 0:
+                raise ValueError
+            return number
+    except ValueError:
+        raise DSNError(f"DSN option {name}={value!r} is not a positive number") from None
+    if name in _BOOL_OPTIONS:
+        low = value.lower()
+        if low in _TRUE:
+            return True
+        if low in _FALSE:
+            return False
+        raise DSNError(f"DSN option {name}={value!r} is not a boolean (use true or false)")
+    return value
+
+
+def parse_dsn(dsn: str | None) -> DSN:
+    """Parse ``dsn``; ``None`` means the ``DATABASE_URL`` environment variable.
+
+    Raises :class:`tether.DSNError` (a ``ValueError``) naming what is wrong, never echoing the
+    password.
+    """
+    if dsn is None:
+        dsn = os.environ.get("DATABASE_URL")
+        if not dsn:
+            raise DSNError("no DSN given and DATABASE_URL is not set")
+    if not isinstance(dsn, str):
+        raise DSNError(f"DSN must be a string, not {type(dsn).__name__}")
+    if "://" not in dsn:
+        raise DSNError("DSN must be a URL such as mysql://user:password@host:3306/database")
+    try:
+        parts = urlsplit(dsn)
+        port = parts.port
+    except ValueError as exc:
+        # urlsplit's message can quote the netloc, password included: say it in our words.
+        reason = "port is not a number in 0-65535" if "ort" in str(exc) else "malformed URL"
+        raise DSNError(f"DSN cannot be parsed: {reason}") from None
+    scheme = parts.scheme.lower()
+    if scheme not in _SCHEMES:
+        known = ", ".join(sorted(_SCHEMES))
+        raise DSNError(f"DSN scheme {scheme!r} is not supported (use one of: {known})")
+    options: dict[str, Any] = {}
+    for key, value in parse_qsl(parts.query, keep_blank_values=True):
+        name = key.lower()
+        known_names = _INT_OPTIONS | _FLOAT_OPTIONS | _STR_OPTIONS | _BOOL_OPTIONS
+        if name not in known_names:
+            raise DSNError(
+                f"DSN option {key!r} is not known (known: {', '.join(sorted(known_names))})"
+            )
+        options[name] = _convert(name, value)
+    if "port" in options:
+        port = options.pop("port")
+    database = unquote(parts.path.lstrip("/")) or None
+    if database and "/" in database:
+        raise DSNError("DSN path must be a single database name")
+    host = parts.hostname or ("localhost" if "unix_socket" in options else "")
+    if not host:
+        raise DSNError("DSN has no host (mysql://user:password@HOST:3306/database)")
+    return DSN(
+        host=host,
+        port=port if port is not None else 3306,
+        user=unquote(parts.username or ""),
+        password=unquote(parts.password or ""),
+        database=database,
+        driver=_SCHEMES[scheme],
+        options=options,
+    )

@@ -1,0 +1,1 @@
+pytest_plugins = ["tether.testing.pytest_plugin"]

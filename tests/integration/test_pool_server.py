@@ -1,0 +1,289 @@
+"""The pool behaviour suite, run against a private MariaDB for both pool flavours and both
+drivers: health without round trips, lifetimes from the server, session hygiene, bounds,
+fork safety."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import tether
+from tether.testing import MariaDBServer
+
+FLAVOURS = [tether.Pool, tether.ThreadLocalPool]
+
+
+@pytest.fixture(params=FLAVOURS, ids=["Pool", "ThreadLocalPool"])
+def flavour(request: pytest.FixtureRequest) -> type[tether.Pool]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def make_pool(db: MariaDBServer, driver: str, flavour: type[tether.Pool]) -> Iterator[Any]:
+    pools: list[tether.Pool] = []
+
+    def make(**kwargs: Any) -> tether.Pool:
+        kwargs.setdefault("driver", driver)
+        dsn = kwargs.pop("dsn", None) or db.dsn()
+        pool = flavour(dsn, **kwargs)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        pool.close()
+
+
+def one(conn: Any, sql: str, args: Any = None) -> Any:
+    cur = conn.cursor()
+    cur.execute(sql, args)
+    row = cur.fetchone()
+    cur.close()
+    return row[0] if row else None
+
+
+def test_query_through_the_pool(make_pool: Any) -> None:
+    pool = make_pool()
+    with pool.connection() as conn:
+        assert one(conn, "SELECT 1 + 1") == 2
+        assert one(conn, "SELECT @@autocommit") == 1  # autocommit on by default
+    stats = pool.stats()
+    assert stats["opened"] == 1 and stats.in_use == 0
+    assert stats.server["wait_timeout"] > 0
+
+
+def test_idle_past_wait_timeout_is_never_handed_out(make_pool: Any, db: MariaDBServer) -> None:
+    db.set_global("wait_timeout", 2)
+    pool = make_pool(keepalive=None)  # no keepalive: the server will drop idle sessions
+    with pool.connection() as conn:
+        first = one(conn, "SELECT CONNECTION_ID()")
+    assert pool.max_lifetime is not None and pool.max_lifetime < 2
+    time.sleep(3)
+    with pool.connection() as conn:  # no error reaches the caller
+        assert one(conn, "SELECT CONNECTION_ID()") != first
+    stats = pool.stats()
+    # Retired by maintenance, or found expired at checkout: either way before the server's cut.
+    assert stats["closed"] >= 1
+    assert stats.closed_by_reason.keys() <= {"max lifetime reached", "idle timeout"}
+
+
+def test_session_killed_by_the_server_is_replaced_silently(
+    make_pool: Any, db: MariaDBServer
+) -> None:
+    pool = make_pool(ping_after=60)  # no ping: the poll() check alone must catch it
+    with pool.connection() as conn:
+        first = one(conn, "SELECT CONNECTION_ID()")
+    assert db.kill_sessions(user=db.user) >= 1
+    time.sleep(0.2)  # the KILL takes effect on the server
+    with pool.connection() as conn:
+        assert one(conn, "SELECT CONNECTION_ID()") != first
+    stats = pool.stats()
+    assert stats["replaced"] == 1 and stats["pings"] == 0
+
+
+def test_64_threads_on_16_connections(make_pool: Any, db: MariaDBServer) -> None:
+    pool = make_pool(max_size=16, timeout=30)
+    errors: list[BaseException] = []
+    peak = 0
+    stop = threading.Event()
+
+    def watch() -> None:
+        nonlocal peak
+        while not stop.is_set():
+            peak = max(peak, db.connections_of(db.user))
+            time.sleep(0.01)
+
+    def work() -> None:
+        try:
+            for i in range(25):
+                with pool.connection() as conn:
+                    assert one(conn, "SELECT %s", (i,)) == i
+        except BaseException as exc:
+            errors.append(exc)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=work) for _ in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    stop.set()
+    watcher.join()
+    assert not errors
+    assert peak <= 16
+    stats = pool.stats()
+    assert stats.size <= 16 and stats.in_use == 0 and stats.waiting == 0
+    assert stats["checkouts"] == 64 * 25
+
+
+def test_open_transaction_is_rolled_back_on_return(make_pool: Any, db: MariaDBServer) -> None:
+    db.execute_admin(f"CREATE TABLE {db.database}.t (id INT PRIMARY KEY)")
+    pool = make_pool()
+    with pool.connection() as conn:
+        conn.begin()
+        conn.cursor().execute("INSERT INTO t VALUES (1)")
+    with pool.connection() as conn:
+        assert one(conn, "SELECT COUNT(*) FROM t") == 0
+        assert one(conn, "SELECT @@in_transaction") == 0
+    assert pool.stats()["rollbacks"] == 1
+
+
+def test_a_block_that_raises_still_returns_the_connection(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    for _ in range(3):
+        with pytest.raises(ZeroDivisionError), pool.connection() as conn:
+            conn.cursor().execute("SELECT 1")
+            1 / 0  # noqa: B018
+    assert pool.stats().in_use == 0
+
+
+STATE_CHANGES = [
+    ("SET @secret = 42", "SELECT @secret", None),
+    ("SET SESSION sql_mode = 'ANSI_QUOTES'", "SELECT @@SESSION.sql_mode = @@GLOBAL.sql_mode", 1),
+    (
+        "SET SESSION TRANSACTION ISOLATION LEVEL SERIALIZABLE",
+        "SELECT @@SESSION.tx_isolation = @@GLOBAL.tx_isolation",
+        1,
+    ),
+    ("SET autocommit = 0", "SELECT @@autocommit", 1),
+    ("SET NAMES latin1", "SELECT @@character_set_client", "utf8mb4"),
+    ("USE information_schema", "SELECT DATABASE()", "app"),
+    # A temporary table that survived would make this SELECT work; clean, it is error 1146.
+    ("CREATE TEMPORARY TABLE tmp_x (a INT)", "SELECT COUNT(*) FROM tmp_x", 1146),
+]
+
+
+@pytest.mark.parametrize(("change", "probe", "clean"), STATE_CHANGES)
+def test_session_state_does_not_leak_between_borrowers(
+    make_pool: Any, flavour: type[tether.Pool], change: str, probe: str, clean: Any
+) -> None:
+    pool = make_pool(max_size=1, timeout=10)
+    with pool.connection() as conn:
+        conn.cursor().execute(change)
+
+    seen: list[Any] = []
+
+    def other_thread() -> None:
+        with pool.connection() as conn:
+            try:
+                seen.append(one(conn, probe))
+            except Exception as exc:
+                seen.append(exc.args[0])
+
+    if flavour is tether.ThreadLocalPool:
+        # A thread keeps its own session between uses ...
+        with pool.connection() as conn:
+            assert one(conn, probe) != clean
+    # ... but another thread never sees it.
+    t = threading.Thread(target=other_thread)
+    t.start()
+    t.join(10)
+    assert seen == [clean]
+
+
+def test_clean_checkouts_cost_no_round_trip(make_pool: Any) -> None:
+    pool = make_pool()
+    probe = (
+        "SELECT VARIABLE_VALUE FROM information_schema.SESSION_STATUS"
+        " WHERE VARIABLE_NAME = 'QUESTIONS'"
+    )
+    with pool.connection() as conn:
+        before = int(one(conn, probe))
+    for _ in range(50):
+        with pool.connection() as conn:
+            conn.cursor().execute("SELECT 1")
+    with pool.connection() as conn:
+        after = int(one(conn, probe))
+    # The session saw our 50 statements and the probe, nothing else: no ping, no rollback.
+    assert after - before == 51
+    stats = pool.stats()
+    assert stats["pings"] == 0 and stats["rollbacks"] == 0 and stats["resets"] == 0
+
+
+def test_unread_streaming_results_close_the_connection(make_pool: Any, driver: str) -> None:
+    pool = make_pool()
+    if driver == "pymysql":
+        import pymysql.cursors
+
+        streaming: Any = pymysql.cursors.SSCursor
+    else:
+        import MySQLdb.cursors
+
+        streaming = MySQLdb.cursors.SSCursor
+    with pool.connection() as conn:
+        cur = conn.cursor(streaming)
+        cur.execute("SELECT seq FROM seq_1_to_1000")
+        cur.fetchone()
+    assert pool.stats().closed_by_reason.get("unread results") == 1
+    with pool.connection() as conn:
+        assert one(conn, "SELECT 7") == 7
+
+
+def test_wrong_password_fails_fast_with_the_servers_error(
+    make_pool: Any, db: MariaDBServer
+) -> None:
+    dsn = db.dsn(password="wrong-password")
+    pool = make_pool(dsn=dsn, timeout=20)
+    start = time.monotonic()
+    with pytest.raises(Exception) as info:
+        pool.connection()
+    assert time.monotonic() - start < 3
+    assert info.value.args[0] == 1045
+    assert "wrong-password" not in str(info.value) and "wrong-password" not in repr(pool)
+
+
+def test_close_leaves_no_server_connections(make_pool: Any, db: MariaDBServer) -> None:
+    pool = make_pool(max_size=4, min_size=2)
+    conns = [pool.connection() for _ in range(4)]
+    for c in conns:
+        c.close()
+    assert db.connections_of(db.user) == 4
+    pool.close()
+    deadline = time.monotonic() + 5
+    while db.connections_of(db.user) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert db.connections_of(db.user) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_forked_child_never_uses_the_parents_connection(make_pool: Any) -> None:
+    pool = make_pool()
+    with pool.connection() as conn:
+        parent_session = one(conn, "SELECT CONNECTION_ID()")
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            with pool.connection() as conn:
+                child_session = one(conn, "SELECT CONNECTION_ID()")
+            os.write(write_end, str(child_session).encode())
+            pool.close()
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    child_session = int(os.read(read_end, 64) or b"0")
+    os.close(read_end)
+    assert os.WEXITSTATUS(status) == 0
+    assert child_session not in (0, parent_session)
+    # The parent's session survived the child (no QUIT was sent on the shared socket).
+    with pool.connection() as conn:
+        assert one(conn, "SELECT CONNECTION_ID()") == parent_session
+    assert pool.stats()["replaced"] == 0
+
+
+def test_pymysql_connects_reuse_one_tls_context(db: MariaDBServer) -> None:
+    pytest.importorskip("pymysql")
+    with tether.Pool(db.dsn(), driver="pymysql", max_size=2) as pool:
+        a, b = pool.connection(), pool.connection()
+        assert a._raw.ctx is b._raw.ctx
+        a.close()
+        b.close()

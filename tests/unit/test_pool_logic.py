@@ -1,0 +1,432 @@
+"""Pool logic against the scripted fake driver: bounds, waiting, deadlines, fairness,
+health checks at checkout, return cleaning, errors and leaks."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+import time
+from typing import Any
+
+import pytest
+
+import tether
+
+from .fakedriver import FakeDriver, FakeOperationalError
+
+
+def test_checkout_reuses_the_threads_last_connection(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool(max_size=4)
+    with pool.connection() as a:
+        first = a._entry.session_id
+    for _ in range(100):
+        with pool.connection() as c:
+            assert c._entry.session_id == first
+    assert fake.connects == 1
+    assert pool.stats()["checkouts"] == 101
+
+
+def test_never_more_than_max_size_under_contention(make_pool: Any, fake: FakeDriver) -> None:
+    fake.connect_delay = 0.002
+    pool = make_pool(max_size=4, timeout=10)
+    errors: list[BaseException] = []
+    in_use_max = 0
+    lock = threading.Lock()
+    current = 0
+
+    def work() -> None:
+        nonlocal in_use_max, current
+        try:
+            for _ in range(50):
+                with pool.connection() as conn:
+                    with lock:
+                        current += 1
+                        in_use_max = max(in_use_max, current)
+                    conn.cursor().execute("SELECT 1")
+                    time.sleep(0.0002)
+                    with lock:
+                        current -= 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert fake.max_open <= 4
+    assert in_use_max <= 4
+    stats = pool.stats()
+    assert stats.size <= 4 and stats.in_use == 0 and stats.waiting == 0
+    assert stats["waits"] > 0
+
+
+def test_waiters_are_served_in_arrival_order(make_pool: Any) -> None:
+    pool = make_pool(max_size=1, timeout=10)
+    holder = pool.connection()
+    order: list[int] = []
+    started: list[threading.Event] = []
+
+    def wait_for(i: int, ready: threading.Event) -> None:
+        ready.set()
+        with pool.connection():
+            order.append(i)
+
+    threads = []
+    for i in range(5):
+        ready = threading.Event()
+        t = threading.Thread(target=wait_for, args=(i, ready))
+        t.start()
+        ready.wait()
+        # Let the thread get in line before the next one starts.
+        deadline = time.monotonic() + 2
+        while pool.stats().waiting < i + 1 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        threads.append(t)
+        started.append(ready)
+    holder.close()
+    for t in threads:
+        t.join(10)
+    assert order == [0, 1, 2, 3, 4]
+
+
+def test_timeout_error_says_who_holds_the_connections(make_pool: Any) -> None:
+    pool = make_pool(max_size=2, timeout=0.3, name="orders")
+    held = []
+
+    def grab() -> None:
+        held.append(pool.connection())  # a line the error must point at
+
+    t = threading.Thread(target=grab, name="worker-7")
+    t.start()
+    t.join()
+    held.append(pool.connection())
+    start = time.monotonic()
+    with pytest.raises(tether.PoolTimeout) as info:
+        pool.connection()
+    elapsed = time.monotonic() - start
+    assert 0.25 <= elapsed < 1.5
+    message = str(info.value)
+    assert "orders" in message
+    assert "size 2/2" in message and "in use 2" in message and "idle 0" in message
+    assert "worker-7" in message
+    assert "test_pool_logic.py" in message and "in grab" in message
+    assert "s3cret-pw" not in message
+    assert pool.stats()["timeouts"] == 1
+    for c in held:
+        c.close()
+
+
+def test_closed_pool_refuses_and_wakes_waiters(make_pool: Any) -> None:
+    pool = make_pool(max_size=1, timeout=10)
+    held = pool.connection()
+    outcome: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            pool.connection()
+        except BaseException as exc:
+            outcome.append(exc)
+
+    t = threading.Thread(target=wait)
+    t.start()
+    while pool.stats().waiting < 1:
+        time.sleep(0.001)
+    pool.close()
+    t.join(5)
+    assert not t.is_alive()
+    assert isinstance(outcome[0], tether.PoolClosed)
+    with pytest.raises(tether.PoolClosed):
+        pool.connection()
+    held.close()  # returned to a closed pool: closed, no error
+    assert pool.stats().size == 0
+
+
+def test_use_after_return_and_double_return_are_clear_errors(make_pool: Any) -> None:
+    pool = make_pool()
+    conn = pool.connection()
+    cur = conn.cursor()
+    conn.close()
+    with pytest.raises(tether.ConnectionReleased):
+        conn.close()
+    with pytest.raises(tether.ConnectionReleased):
+        conn.cursor()
+    with pytest.raises(tether.ConnectionReleased):
+        cur.execute("SELECT 1")
+    assert conn.closed
+
+
+def test_dead_idle_connection_is_replaced_silently(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool()
+    with pool.connection() as c:
+        first = c._entry.session_id
+    fake.connections[0].kill()
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+        assert c._entry.session_id != first
+    assert pool.stats()["replaced"] == 1
+    assert pool.stats().closed_by_reason == {"closed by the server": 1}
+
+
+def test_idle_connection_is_pinged_only_after_ping_after(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool(ping_after=0.2)
+    for _ in range(20):
+        with pool.connection():
+            pass
+    assert fake.connections[0].pings == 0
+    time.sleep(0.25)
+    with pool.connection():
+        pass
+    assert fake.connections[0].pings == 1
+    fake.ping_ok = False
+    time.sleep(0.25)
+    with pool.connection() as c:
+        assert c._entry.session_id != fake.connections[0].id
+    assert pool.stats()["ping_failures"] == 1
+
+
+def test_authentication_error_fails_fast(make_pool: Any, fake: FakeDriver) -> None:
+    fake.failures.append(FakeOperationalError(1045, "Access denied for user 'app'"))
+    pool = make_pool(timeout=10)
+    start = time.monotonic()
+    with pytest.raises(FakeOperationalError) as info:
+        pool.connection()
+    assert time.monotonic() - start < 1
+    assert info.value.args[0] == 1045
+    assert pool.stats().size == 0
+
+
+def test_capacity_error_is_backpressure_not_failure(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool(max_size=4, timeout=5)
+    held = pool.connection()
+    for _ in range(3):
+        fake.failures.append(FakeOperationalError(1226, "max_user_connections"))
+    result: list[Any] = []
+
+    def borrow() -> None:
+        with pool.connection() as c:
+            result.append(c._entry.session_id)
+
+    t = threading.Thread(target=borrow)
+    t.start()
+    time.sleep(0.3)
+    held.close()  # the waiter gets this one
+    t.join(5)
+    assert result, "the waiter never got a connection"
+    stats = pool.stats()
+    assert stats["capacity_errors"] >= 1
+    assert "1226" in (stats.last_connect_error or "")
+
+
+def test_outage_is_waited_out_until_the_deadline(make_pool: Any, fake: FakeDriver) -> None:
+    for _ in range(4):
+        fake.failures.append(FakeOperationalError(2003, "Can't connect"))
+    pool = make_pool(timeout=10)
+    start = time.monotonic()
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+    assert time.monotonic() - start < 5
+    assert pool.stats()["connect_errors"] == 4
+
+
+def test_outage_past_the_deadline_names_the_last_error(make_pool: Any, fake: FakeDriver) -> None:
+    for _ in range(1000):
+        fake.failures.append(FakeOperationalError(2003, "Can't connect to server"))
+    pool = make_pool(timeout=0.5)
+    start = time.monotonic()
+    with pytest.raises(tether.PoolTimeout) as info:
+        pool.connection()
+    assert time.monotonic() - start < 2
+    assert "Can't connect to server" in str(info.value)
+
+
+def test_return_rolls_back_only_an_open_transaction(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool()
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+    with pool.connection() as c:
+        c.begin()
+        c.cursor().execute("INSERT 1")
+    conn = fake.connections[0]
+    assert conn.statements.count("ROLLBACK") == 1
+    assert pool.stats()["rollbacks"] == 1
+
+
+def test_changed_session_is_reset_on_return(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool()
+    with pool.connection() as c:
+        c.cursor().execute("SET @x = 1")
+    assert "<reset>" in fake.connections[0].statements
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+    assert fake.connections[0].statements.count("<reset>") == 1
+
+
+def test_autocommit_flip_is_restored(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool()
+    with pool.connection() as c:
+        c.autocommit(False)
+    assert fake.connections[0].status & 0x2
+
+
+def test_max_lifetime_retires_connections(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool(max_lifetime=0.2)
+    with pool.connection() as c:
+        first = c._entry.session_id
+    time.sleep(0.25)
+    with pool.connection() as c:
+        assert c._entry.session_id != first
+
+
+def test_lifetimes_follow_the_servers_wait_timeout(make_pool: Any, fake: FakeDriver) -> None:
+    fake.wait_timeout = 10
+    pool = make_pool(max_lifetime=3600, idle_timeout=600)
+    with pool.connection():
+        pass
+    assert pool.max_lifetime is not None and pool.max_lifetime < 10
+    assert pool.idle_timeout is not None and pool.idle_timeout < 10
+    assert pool.keepalive is not None and pool.keepalive < 10
+
+
+def test_maintenance_refills_min_size_and_keeps_idle_alive(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    pool = make_pool(min_size=2, max_size=4, keepalive=0.2, maintenance_interval=0.05)
+    deadline = time.monotonic() + 3
+    while pool.stats().idle < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.stats().idle == 2
+    time.sleep(0.5)
+    assert pool.stats()["pings"] >= 2
+
+
+@pytest.mark.parametrize(
+    ("options", "name"),
+    [
+        ({"max_size": 0}, "max_size"),
+        ({"min_size": -1}, "min_size"),
+        ({"min_size": 5, "max_size": 2}, "min_size"),
+        ({"timeout": 0}, "timeout"),
+        ({"timeout": -1.0}, "timeout"),
+        ({"connect_timeout": 0}, "connect_timeout"),
+        ({"max_lifetime": -5}, "max_lifetime"),
+        ({"ping_after": -1}, "ping_after"),
+        ({"init_commands": "SET x=1"}, "init_commands"),
+        ({"connect_args": {"password": "x"}}, "password"),
+    ],
+)
+def test_impossible_options_name_the_option(
+    make_pool: Any, options: dict[str, Any], name: str
+) -> None:
+    with pytest.raises(ValueError, match=name):
+        make_pool(**options)
+
+
+def test_options_are_keyword_only(fake: FakeDriver) -> None:
+    with pytest.raises(TypeError):
+        tether.Pool("mysql://a@h/d", fake, 4)  # type: ignore[misc]
+
+
+def test_password_never_shown(make_pool: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="tether")
+    pool = make_pool()
+    with pool.connection() as c:
+        text = repr(pool) + repr(c) + repr(pool.stats()) + repr(pool.dsn) + str(pool.dsn)
+    pool.close()
+    text += caplog.text
+    assert "s3cret-pw" not in text
+    assert "app:***@" in repr(pool)
+
+
+def test_garbage_collected_connection_is_reclaimed_with_a_warning(
+    make_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(max_size=1, timeout=2)
+
+    def forgetful() -> None:
+        conn = pool.connection()
+        conn.cursor().execute("SELECT 1")
+
+    forgetful()
+    gc.collect()
+    with pool.connection() as c:  # would time out if the leaked one were not reclaimed
+        c.cursor().execute("SELECT 1")
+    assert pool.stats()["reclaimed"] == 1
+    assert "garbage-collected without being returned" in caplog.text
+    assert "in forgetful" in caplog.text
+
+
+def test_leak_threshold_logs_the_acquiring_stack(
+    make_pool: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(leak_timeout=0.1, maintenance_interval=0.05)
+
+    def hold_too_long() -> None:
+        with pool.connection():
+            time.sleep(0.4)
+
+    hold_too_long()
+    assert pool.stats()["leaks"] == 1
+    assert "possible leak" in caplog.text
+    assert "hold_too_long" in caplog.text
+
+
+def test_threadlocal_pool_keeps_one_connection_per_thread(make_pool: Any) -> None:
+    pool = make_pool(tether.ThreadLocalPool, max_size=8)
+    seen: dict[str, set[int]] = {}
+
+    def work(name: str) -> None:
+        for _ in range(20):
+            with pool.connection() as c:
+                seen.setdefault(name, set()).add(c._entry.session_id)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(len(ids) == 1 for ids in seen.values())
+    assert len(set().union(*seen.values())) == 4
+
+
+def test_threadlocal_pool_at_its_bound_takes_over_and_resets(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    pool = make_pool(tether.ThreadLocalPool, max_size=1, timeout=2)
+    done = threading.Event()
+    release = threading.Event()
+
+    def owner() -> None:
+        with pool.connection() as c:
+            c.cursor().execute("SET @secret = 1")
+        done.set()
+        release.wait(5)  # alive, but not using its connection
+
+    t = threading.Thread(target=owner)
+    t.start()
+    done.wait(5)
+    with pool.connection() as c:  # takes over the other thread's connection
+        assert "<reset>" in fake.connections[0].statements
+        c.cursor().execute("SELECT 1")
+    release.set()
+    t.join()
+    assert pool.stats()["takeovers"] == 1
+
+
+def test_threadlocal_pool_reclaims_connections_of_ended_threads(make_pool: Any) -> None:
+    pool = make_pool(tether.ThreadLocalPool, max_size=2, maintenance_interval=0.05)
+
+    def once() -> None:
+        with pool.connection() as c:
+            c.cursor().execute("SELECT 1")
+
+    t = threading.Thread(target=once)
+    t.start()
+    t.join()
+    deadline = time.monotonic() + 2
+    while pool.stats()["reclaimed"] < 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pool.stats()["reclaimed"] == 1
