@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tether-installed
 
-.PHONY: test lint system-deps clean
+.PHONY: test lint system-deps clean bench bench-quick
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh
@@ -24,6 +24,14 @@ lint: $(STAMP)
 
 test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest
+
+# Benchmarks (not part of the set-up): tether beside the peers on a throwaway server.
+bench: $(STAMP)
+	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-quick: $(STAMP)
+	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
