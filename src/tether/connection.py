@@ -404,11 +404,20 @@ class Cursor:
         return self._cur
 
     def execute(
-        self, query: str | bytes, args: Any = None, *, idempotent: bool | None = None
+        self,
+        query: str | bytes,
+        args: Any = None,
+        *,
+        idempotent: bool | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Execute ``query``. ``idempotent=True`` allows a replay of a write after a lost
-        connection in autocommit mode (it must be safe to run twice)."""
+        connection in autocommit mode (it must be safe to run twice). ``timeout`` bounds this
+        statement on the server (MariaDB ``max_statement_time``; MySQL: SELECT only); the
+        server aborts it with an error and the connection stays usable."""
         conn = self._conn
+        if timeout is not None:
+            query = conn._pool._with_statement_timeout(query, timeout)
         entry = conn._entry
         if entry is None or entry.broken or conn._gen != entry.gen or self._gen != conn._gen:
             entry = conn._use()

@@ -19,6 +19,7 @@ import itertools
 import logging
 import os
 import random
+import re
 import select
 import sys
 import threading
@@ -554,17 +555,17 @@ class Pool:
             reason = "no answer to ping"
         else:
             return True
-        self._counters["replaced"] += 1
+        self._count("replaced")
         logger.info("%s: replacing connection %d: %s", self.name, entry.session_id, reason)
         self._discard(entry, reason)
         return False
 
     def _ping(self, entry: _Entry) -> bool:
-        self._counters["pings"] += 1
+        self._count("pings")
         try:
             self._driver.ping(entry.raw, self.ping_timeout)
         except Exception as exc:
-            self._counters["ping_failures"] += 1
+            self._count("ping_failures")
             logger.debug("%s: ping of %d failed: %s", self.name, entry.session_id, exc)
             return False
         entry.last_active = _monotonic()
@@ -746,12 +747,39 @@ class Pool:
         driver = self._driver
         cur = raw.cursor()
         try:
-            cur.execute("SET SESSION session_track_state_change = ON")
+            cur.execute("SET " + self._session_settings(raw))
             for statement in self.init_commands:
                 cur.execute(statement)
         finally:
             cur.close()
         driver.clear_state_flag(raw)
+
+    def _session_settings(self, raw: Any) -> str:
+        """The session variables tether relies on, as one ``SET`` list."""
+        settings = ["SESSION session_track_state_change = ON"]
+        if self.query_timeout is not None:
+            # A server-side statement timeout: the server aborts the statement and the
+            # connection stays usable (a client-side read timeout would have to drop it).
+            if "mariadb" in str(raw.get_server_info()).lower():
+                settings.append(f"SESSION max_statement_time = {self.query_timeout:.3f}")
+            else:
+                settings.append(f"SESSION max_execution_time = {int(self.query_timeout * 1000)}")
+        return ", ".join(settings)
+
+    def _with_statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        text = query.decode() if isinstance(query, bytes) else query
+        if self.server is not None and "mariadb" not in self.server.version.lower():
+            from .connection import first_word
+
+            if first_word(text) != "SELECT":
+                raise ValueError("on MySQL a statement timeout applies to SELECT only")
+            hint = f"SELECT /*+ MAX_EXECUTION_TIME({int(timeout * 1000)}) */"
+            text = re.sub(r"\bSELECT\b", hint, text, count=1, flags=re.IGNORECASE)
+        else:
+            text = f"SET STATEMENT max_statement_time = {float(timeout):.3f} FOR {text}"
+        return text.encode() if isinstance(query, bytes) else text
 
     def _adopt_server_limits(self, limits: ServerLimits) -> None:
         """Derive lifetimes from the server's own idle timeout (read on first connect): no
@@ -806,6 +834,14 @@ class Pool:
         then hand it to the first waiter or put it back in the idle set."""
         now = _monotonic()
         self._hold_times.append(now - entry.checked_out_at)
+        if entry.leak_reported:
+            entry.leak_reported = False
+            logger.warning(
+                "%s: connection %d reported as a possible leak came back after %.1fs",
+                self.name,
+                entry.session_id,
+                now - entry.checked_out_at,
+            )
         if entry.state is CLOSED:
             return
         if entry.raw is None:  # a replacement failed half-way
@@ -836,11 +872,11 @@ class Pool:
             if status is None or (not self.autocommit and not driver.status_after_results):
                 # The driver can't tell: a rollback is the only way to be sure.
                 raw.rollback()
-                self._counters["rollbacks"] += 1
+                self._count("rollbacks")
             else:
                 if status & _drivers.STATUS_IN_TRANS:
                     raw.rollback()
-                    self._counters["rollbacks"] += 1
+                    self._count("rollbacks")
                     status = entry.status() if entry.status else status
                 if self._keeps_session(entry):
                     pass
@@ -863,13 +899,13 @@ class Pool:
         raw = entry.raw
         driver = self._driver
         if driver.reset(raw):
-            self._counters["resets"] += 1
+            self._count("resets")
             # The reset returns session variables to the server's defaults: restore ours.
             cur = raw.cursor()
             try:
                 charset = self._dsn.options.get("charset", "utf8mb4")
                 cur.execute(
-                    f"SET NAMES {charset}, SESSION session_track_state_change = ON,"
+                    f"SET NAMES {charset}, {self._session_settings(raw)},"
                     f" SESSION autocommit = {1 if self.autocommit else 0}"
                 )
                 if self._dsn.database:

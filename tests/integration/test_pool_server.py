@@ -287,3 +287,28 @@ def test_pymysql_connects_reuse_one_tls_context(db: MariaDBServer) -> None:
         assert a._raw.ctx is b._raw.ctx
         a.close()
         b.close()
+
+
+def test_query_timeout_is_enforced_by_the_server(make_pool: Any) -> None:
+    pool = make_pool(query_timeout=0.5)
+    with pool.connection() as conn:
+        start = time.monotonic()
+        with pytest.raises(Exception) as info:
+            one(conn, "SELECT SLEEP(3) FROM seq_1_to_2")
+        assert time.monotonic() - start < 2.5
+        assert info.value.args[0] == 1969  # max_statement_time exceeded
+        assert one(conn, "SELECT 5") == 5  # the connection is still good
+    assert pool.stats().closed_by_reason == {}
+
+
+def test_per_call_timeout(make_pool: Any) -> None:
+    pool = make_pool()
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        with pytest.raises(Exception) as info:
+            cur.execute("SELECT SLEEP(3) FROM seq_1_to_2", timeout=0.3)
+        assert info.value.args[0] == 1969
+        cur.execute("SELECT %s", (9,), timeout=5)
+        assert cur.fetchone()[0] == 9
+        with pytest.raises(ValueError, match="timeout"):
+            cur.execute("SELECT 1", timeout=0)
