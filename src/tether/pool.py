@@ -44,6 +44,8 @@ logger = logging.getLogger("tether")
 _monotonic = time.monotonic
 _POLL_BAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
+_CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
+
 # Entry states.
 IDLE, IN_USE, BUSY, CLOSED = "idle", "in use", "busy", "closed"
 
@@ -258,6 +260,11 @@ class Pool:
         self.leak_timeout = leak_timeout
         self.replay_reads = replay_reads
         self.watchdog = watchdog
+        # Status bits of a clean session: no transaction open, autocommit as configured. With
+        # autocommit off and a driver that hides the status after result sets, never "clean".
+        self._clean_bits = _drivers.STATUS_AUTOCOMMIT if autocommit else 0
+        if not autocommit and not self._driver.status_after_results:
+            self._clean_bits = -1
         self.query_timeout = query_timeout
         self._watchdog_busy = False
         self.error_kinds = dict(error_kinds or {})
@@ -847,6 +854,18 @@ class Pool:
         if entry.raw is None:  # a replacement failed half-way
             self._discard(entry, "connection lost")
             return
+        # The common case, with no round trip: the server's last reply says no transaction
+        # is open and autocommit is as configured, and nothing else was flagged.
+        status = entry.status
+        if (
+            status is not None
+            and not (entry.session_dirty or entry.tainted or entry.broken or entry.unbuffered)
+            and entry.pid == self._pid
+            and status() & _CLEAN_MASK == self._clean_bits
+        ):
+            entry.returned_at = entry.last_active = now
+            self._checkin(entry)
+            return
         reason = self._clean(entry)
         if reason is not None:
             self._discard(entry, reason)
@@ -865,29 +884,27 @@ class Pool:
             return "unread results"
         if entry.tainted:
             return "used through an interface that can leave unknown state"
-        status = entry.status() if entry.status is not None else None
+        read_status = entry.status
+        status = read_status() if read_status is not None else None
         raw = entry.raw
-        driver = self._driver
         try:
-            if status is None or (not self.autocommit and not driver.status_after_results):
-                # The driver can't tell: a rollback is the only way to be sure.
+            if (
+                status is None
+                or status & _drivers.STATUS_IN_TRANS
+                or (not self.autocommit and not self._driver.status_after_results)
+            ):
+                # Open transaction, or the driver can't tell: roll back.
                 raw.rollback()
                 self._count("rollbacks")
-            else:
-                if status & _drivers.STATUS_IN_TRANS:
-                    raw.rollback()
-                    self._count("rollbacks")
-                    status = entry.status() if entry.status else status
-                if self._keeps_session(entry):
-                    pass
-                elif entry.session_dirty:
-                    self._reset_session(entry)
-                elif bool(status & _drivers.STATUS_AUTOCOMMIT) != self.autocommit:
-                    raw.autocommit(self.autocommit)
+                status = read_status() if read_status is not None else None
+            if status is None or self._keeps_session(entry):
+                pass
+            elif entry.session_dirty:
+                self._reset_session(entry)
+            elif bool(status & _drivers.STATUS_AUTOCOMMIT) != self.autocommit:
+                raw.autocommit(self.autocommit)
         except Exception as exc:
             return f"cleanup failed: {_describe(exc)}"
-        if entry.poller.poll(0):
-            return "closed by the server"
         return None
 
     def _keeps_session(self, entry: _Entry) -> bool:
