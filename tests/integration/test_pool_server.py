@@ -312,3 +312,26 @@ def test_per_call_timeout(make_pool: Any) -> None:
         assert cur.fetchone()[0] == 9
         with pytest.raises(ValueError, match="timeout"):
             cur.execute("SELECT 1", timeout=0)
+
+
+def test_forgotten_connection_is_reclaimed_and_closed_on_the_server(
+    make_pool: Any, db: MariaDBServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    import gc
+
+    pool = make_pool(max_size=1, timeout=5)
+
+    def forgetful() -> int:
+        conn = pool.connection()
+        session: int = one(conn, "SELECT CONNECTION_ID()")
+        return session
+
+    lost = forgetful()
+    gc.collect()
+    with pool.connection() as conn:
+        assert one(conn, "SELECT CONNECTION_ID()") != lost
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(row["ID"] == lost for row in db.processlist(db.user)):
+        time.sleep(0.05)
+    assert all(row["ID"] != lost for row in db.processlist(db.user))
+    assert "acquired at" in caplog.text and "in forgetful" in caplog.text

@@ -430,3 +430,49 @@ def test_threadlocal_pool_reclaims_connections_of_ended_threads(make_pool: Any) 
     while pool.stats()["reclaimed"] < 1 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert pool.stats()["reclaimed"] == 1
+
+
+def test_error_table_can_be_extended_per_pool(make_pool: Any, fake: FakeDriver) -> None:
+    # A proxy in front of the server answers 9001 while its backends restart: treat it as
+    # a capacity error (back off and wait), not as a failure.
+    fake.failures.extend(FakeOperationalError(9001, "proxy: no backend") for _ in range(3))
+    pool = make_pool(timeout=5, error_kinds={9001: tether.ErrorKind.CAPACITY})
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+    assert pool.stats()["capacity_errors"] == 3
+
+
+def test_unknown_connect_error_is_raised_not_retried(make_pool: Any, fake: FakeDriver) -> None:
+    fake.failures.append(FakeOperationalError(9001, "proxy: no backend"))
+    pool = make_pool(timeout=5)
+    with pytest.raises(FakeOperationalError):
+        pool.connection()
+    assert fake.connects == 1
+
+
+def test_stats_percentiles_and_repr(make_pool: Any) -> None:
+    pool = make_pool(max_size=2, name="reports")
+    for _ in range(10):
+        with pool.connection():
+            time.sleep(0.001)
+    stats = pool.stats()
+    assert stats.hold_time["count"] == 10
+    assert 0.001 <= stats.hold_time["p50"] < 1
+    assert stats.wait_time == {"count": 0}
+    assert stats.as_dict()["counters"]["checkouts"] == 10
+    assert repr(pool).startswith("<Pool 'reports' mysql://app:***@127.0.0.1:3306/app open size=1/2")
+
+
+def test_prometheus_collector_exports_pool_stats(make_pool: Any) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from tether.contrib.prometheus import register
+
+    pool = make_pool(name="orders")
+    with pool.connection():
+        pass
+    registry = prometheus_client.CollectorRegistry()
+    register(pool, registry)
+    text = prometheus_client.generate_latest(registry).decode()
+    assert 'tether_pool_checkouts_total{pool="orders"} 1.0' in text
+    assert 'tether_pool_idle{pool="orders"} 1.0' in text
+    assert "s3cret" not in text
