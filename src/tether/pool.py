@@ -1297,6 +1297,7 @@ class Pool:
         for entry in entries:
             raw, entry.raw = entry.raw, None
             entry.state = CLOSED
+            entry.gen += 1  # proxies held across the fork notice and refuse to be used
             if raw is not None:
                 self._driver.abandon(raw)
         if not self._closed:

@@ -335,3 +335,24 @@ def test_forgotten_connection_is_reclaimed_and_closed_on_the_server(
         time.sleep(0.05)
     assert all(row["ID"] != lost for row in db.processlist(db.user))
     assert "acquired at" in caplog.text and "in forgetful" in caplog.text
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_connection_held_across_fork_is_refused_in_the_child(make_pool: Any) -> None:
+    pool = make_pool()
+    conn = pool.connection()
+    session = one(conn, "SELECT CONNECTION_ID()")
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        code = 3
+        try:
+            one(conn, "SELECT 1")
+        except tether.ConnectionReleased:
+            code = 0
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert one(conn, "SELECT CONNECTION_ID()") == session  # the parent's is untouched
+    conn.close()
