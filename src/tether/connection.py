@@ -223,6 +223,34 @@ class PooledConnection:
         self._run(entry, lambda raw: raw.select_db(database), "USE", statement=None)
         entry.session_dirty = True
 
+    def stream(
+        self,
+        query: str | bytes,
+        args: Any = None,
+        *,
+        batch: int = 1000,
+        net_write_timeout: int | None = 600,
+    ) -> Iterator[Any]:
+        """Rows of a large result one at a time, never all in memory (a streaming cursor).
+
+        The server gives up on a client that reads slower than ``net_write_timeout`` allows
+        (error 2013 in the middle of the result); this raises it for the session while the
+        stream is read (restored when the connection goes back). Stopping early is fine: the
+        rest of the result is drained when the generator is closed.
+        """
+        if net_write_timeout is not None:
+            self.cursor().execute("SET SESSION net_write_timeout = %s", (int(net_write_timeout),))
+        cur = self.cursor(self._pool._driver.streaming_cursor())
+        try:
+            cur.execute(query, args)
+            while True:
+                rows = cur.fetchmany(batch)
+                if not rows:
+                    break
+                yield from rows
+        finally:
+            cur.close()
+
     def ping(self) -> None:
         entry = self._use()
         self._pool._driver.ping(self._raw, self._pool.ping_timeout)
@@ -293,9 +321,12 @@ class PooledConnection:
         driver = pool._driver
         kind = classify(exc, driver, pool.error_kinds)
         if kind is ErrorKind.READ_ONLY:
-            # A demoted primary: this connection will keep failing writes; drop it on return.
+            # A demoted primary: this connection will keep failing writes; drop it on return
+            # (and, with evict_on_read_only="pool", every other one too).
             entry.tainted = True
             entry.broken = True
+            if pool.evict_on_read_only == "pool":
+                pool._evict_all("server is read-only")
             raise exc
         if kind is not ErrorKind.DISCONNECT:
             raise exc

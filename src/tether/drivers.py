@@ -148,6 +148,10 @@ class Driver:
     def clear_state_flag(self, raw: Any) -> None:
         """Forget the "session state changed" bit once the pool has taken note of it."""
 
+    def streaming_cursor(self) -> Any:
+        """The driver's cursor class that streams rows instead of buffering them."""
+        return self.module.cursors.SSCursor
+
     def is_unbuffered(self, cursor: Any) -> bool:
         """Whether the cursor streams rows from the server (rows left unread make the
         connection unusable until they are drained)."""

@@ -207,6 +207,7 @@ class Pool:
         init_commands: Sequence[str] = (),
         leak_timeout: float | None = None,
         replay_reads: bool = True,
+        evict_on_read_only: str = "connection",
         error_kinds: Mapping[int, ErrorKind] | None = None,
         connect_args: Mapping[str, Any] | None = None,
         watchdog: float | None = 5.0,
@@ -242,6 +243,10 @@ class Pool:
                 _check_positive(option, value)
         if isinstance(init_commands, str):
             raise ValueError("init_commands must be a sequence of statements, not one string")
+        if evict_on_read_only not in ("connection", "pool"):
+            raise ValueError(
+                f"evict_on_read_only must be 'connection' or 'pool', not {evict_on_read_only!r}"
+            )
         if not isinstance(autocommit, bool):
             raise ValueError(f"autocommit must be True or False, not {autocommit!r}")
         args = dict(connect_args or {})
@@ -259,6 +264,7 @@ class Pool:
         self.init_commands = tuple(init_commands)
         self.leak_timeout = leak_timeout
         self.replay_reads = replay_reads
+        self.evict_on_read_only = evict_on_read_only
         self.watchdog = watchdog
         # Status bits of a clean session: no transaction open, autocommit as configured. With
         # autocommit off and a driver that hides the status after result sets, never "clean".
@@ -1047,6 +1053,22 @@ class Pool:
             setattr(entry, name, getattr(fresh, name))
         entry.session_dirty = entry.tainted = entry.watchdog_fired = False
         entry.unbuffered = 0
+
+    def _evict_all(self, reason: str) -> None:
+        """Retire every connection: idle ones now, checked-out ones when they come back
+        (after a failover, they all point at the demoted server)."""
+        with self._lock:
+            idle = list(self._idle)
+            self._idle.clear()
+            for entry in idle:
+                entry.state = CLOSED
+            self._size -= len(idle)
+            for entry in self._in_use:
+                entry.expires = 0.0
+            self._serve_waiters_locked()
+        for entry in idle:
+            self._close_raw(entry, reason)
+        logger.warning("%s: evicted every connection: %s", self.name, reason)
 
     # ------------------------------------------------------------------ leaks and GC
 

@@ -356,3 +356,35 @@ def test_connection_held_across_fork_is_refused_in_the_child(make_pool: Any) -> 
     assert os.WEXITSTATUS(status) == 0
     assert one(conn, "SELECT CONNECTION_ID()") == session  # the parent's is untouched
     conn.close()
+
+
+def test_stream_reads_a_large_result_without_buffering_it(
+    make_pool: Any, flavour: type[tether.Pool]
+) -> None:
+    pool = make_pool()
+    with pool.connection() as conn:
+        total = sum(row[0] for row in conn.stream("SELECT seq FROM seq_1_to_200000", batch=5000))
+        assert total == 200000 * 200001 // 2
+        # Stopping early drains the rest; the connection stays usable.
+        for i, _row in enumerate(conn.stream("SELECT seq FROM seq_1_to_100000")):
+            if i == 10:
+                break
+        assert one(conn, "SELECT 11") == 11
+    if flavour is tether.Pool:  # restored on return (a thread-mapped session keeps it)
+        with pool.connection() as conn:
+            probe = "SELECT @@SESSION.net_write_timeout = @@GLOBAL.net_write_timeout"
+            assert one(conn, probe) == 1
+
+
+def test_read_only_can_evict_the_whole_pool(make_pool: Any, db: MariaDBServer) -> None:
+    db.execute_admin(f"CREATE TABLE {db.database}.t (id INT PRIMARY KEY)")
+    pool = make_pool(evict_on_read_only="pool", max_size=4)
+    conns = [pool.connection() for _ in range(3)]
+    for c in conns:
+        c.close()
+    db.set_global("read_only", 1)
+    with pool.connection() as conn:
+        with pytest.raises(Exception) as info:
+            conn.cursor().execute("INSERT INTO t VALUES (1)")
+        assert info.value.args[0] == 1290
+    assert pool.stats().idle == 0

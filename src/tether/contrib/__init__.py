@@ -1,1 +1,4 @@
-"""Integrations with other libraries, each behind its own extra (tether[flask], tether[prometheus])."""
+"""Integrations with other libraries, each behind its own extra.
+
+``tether[flask]``: :mod:`tether.contrib.flask`; ``tether[prometheus]``: :mod:`tether.contrib.prometheus`.
+"""
