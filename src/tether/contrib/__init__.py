@@ -1,4 +1,5 @@
 """Integrations with other libraries, each behind its own extra.
 
-``tether[flask]``: :mod:`tether.contrib.flask`; ``tether[prometheus]``: :mod:`tether.contrib.prometheus`.
+- ``tether[flask]``: :mod:`tether.contrib.flask`
+- ``tether[prometheus]``: :mod:`tether.contrib.prometheus`
 """
