@@ -337,7 +337,9 @@ class _LibMariaDB:
     def __init__(self) -> None:
         name = ctypes.util.find_library("mariadb") or "libmariadb.so.3"
         lib = ctypes.CDLL(name)
-        self.get_info = lib.mariadb_get_info
+        # mariadb_get_info only reads a field: called through PyDLL it keeps the GIL, where
+        # CDLL would release and re-take it on every statement (a thread switch under load).
+        self.get_info = ctypes.PyDLL(name).mariadb_get_info
         self.get_info.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
         self.get_info.restype = ctypes.c_char
         self.reset_connection = lib.mysql_reset_connection
