@@ -27,6 +27,7 @@ STATUS_IN_TRANS = 0x0001
 STATUS_AUTOCOMMIT = 0x0002
 STATUS_SESSION_STATE_CHANGED = 0x4000
 CLIENT_SESSION_TRACK = 1 << 23
+CLIENT_SSL = 1 << 11
 COM_RESET_CONNECTION = 0x1F
 
 
@@ -262,12 +263,20 @@ class PyMySQLDriver(Driver):
             if hasattr(conn, "_ssl_required") and hasattr(conn, "ctx"):
                 with self._tls_lock:
                     self._tls_key = tls_key
-                    self._tls_state = (conn.ssl, conn._ssl_required, conn.ctx, conn.client_flag)
+                    self._tls_state = (
+                        conn.ssl,
+                        conn._ssl_required,
+                        conn.ctx,
+                        conn.client_flag & CLIENT_SSL,
+                    )
         else:
             conn = self.module.connections.Connection(
                 defer_connect=True, **{**kwargs, "ssl_disabled": True}
             )
-            conn.ssl, conn._ssl_required, conn.ctx, conn.client_flag = state
+            # Only the TLS part of the first connection's state: its other client flags
+            # depend on its own arguments (a database given or not, ...).
+            conn.ssl, conn._ssl_required, conn.ctx, ssl_flag = state
+            conn.client_flag |= ssl_flag
         conn.connect()
         conn._read_timeout, conn._write_timeout = want_read, want_write
         return conn

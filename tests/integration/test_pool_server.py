@@ -388,3 +388,15 @@ def test_read_only_can_evict_the_whole_pool(make_pool: Any, db: MariaDBServer) -
             conn.cursor().execute("INSERT INTO t VALUES (1)")
         assert info.value.args[0] == 1290
     assert pool.stats().idle == 0
+
+
+def test_connects_with_and_without_a_database_share_one_driver(db: MariaDBServer) -> None:
+    # The PyMySQL adapter reuses one TLS context across connects: only TLS state may carry
+    # over, not flags that depend on each connection's own arguments.
+    with tether.Pool(db.dsn(), driver="pymysql") as with_db:
+        with with_db.connection() as conn:
+            assert one(conn, "SELECT DATABASE()") == "app"
+    no_db = f"mysql://{db.user}:{db.password}@{db.host}:{db.port}/"
+    with tether.Pool(no_db, driver="pymysql") as without_db:
+        with without_db.connection() as conn:
+            assert one(conn, "SELECT DATABASE()") is None
