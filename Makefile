@@ -1,11 +1,11 @@
-# `make test` and (later) `make demo` do all set-up themselves: system packages (as root),
+# `make demo` and `make test` do all set-up themselves: system packages (as root),
 # a virtualenv in .venv and the package with what it needs. A second run reuses what is there.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tether-installed
 
-.PHONY: test lint system-deps clean bench bench-quick
+.PHONY: demo test lint system-deps clean bench bench-quick
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -U pip
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
+
+# The main job: one workload under injected faults through naive code, the peers and tether.
+demo: system-deps $(STAMP)
+	$(BIN)/tether demo $(DEMO_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -570,6 +570,9 @@ def report(
         f"![ratios]({chart_name})",
         "",
     ]
+    analysis = HERE / "analysis.md"
+    if analysis.exists() and not quick:
+        lines += [analysis.read_text().rstrip(), ""]
     if web is not None:
         lines += ["## Web: the Flask city lookup under gunicorn", ""]
         lines.append("| " + " | ".join(web["columns"]) + " |")
