@@ -357,7 +357,8 @@ class PooledConnection:
             # The server stopped answering (or lost the reply): replaying would only hang
             # again. Reads fail plainly; writes are in doubt.
             entry.watchdog_fired = False
-            wrote = statement is None or not is_read_only(statement)
+            # BEGIN, ROLLBACK, SET autocommit and USE (statement None here) write nothing.
+            wrote = statement is not None and not is_read_only(statement)
             kind_cls = OutcomeUnknown if wrote else None
             message = (
                 f"no answer from the server within {pool.watchdog:g}s: the watchdog broke"

@@ -197,7 +197,7 @@ class Pool:
         max_size: int = 10,
         min_size: int = 0,
         timeout: float = 30.0,
-        connect_timeout: float = 10.0,
+        connect_timeout: float = 5.0,
         ping_after: float = 1.0,
         ping_timeout: float = 5.0,
         max_lifetime: float | None = 1800.0,
@@ -272,7 +272,6 @@ class Pool:
         if not autocommit and not self._driver.status_after_results:
             self._clean_bits = -1
         self.query_timeout = query_timeout
-        self._watchdog_busy = False
         self.error_kinds = dict(error_kinds or {})
         self._connect_args = args
         self._maintenance_interval = float(maintenance_interval)
@@ -1122,6 +1121,15 @@ class Pool:
         )
         self._maint_thread = thread
         thread.start()
+        if self.watchdog is not None:
+            watcher = threading.Thread(
+                target=_watchdog_loop,
+                args=(weakref.ref(self), self._maint_stop),
+                name=f"tether-watchdog-{self.name}",
+                daemon=True,
+            )
+            # The same stop event ends it.
+            watcher.start()
 
     def _maintain(self) -> None:
         """One round of background work: retire expired and surplus idle connections, ping
@@ -1166,19 +1174,6 @@ class Pool:
             if now >= self._grow_blocked_until:
                 refill = max(0, self.min_size - self._size)
             self._serve_waiters_locked()
-            stuck = []
-            if self.watchdog is not None and not self._watchdog_busy:
-                stuck = [
-                    (entry, entry.gen, entry.busy_since, entry.session_id)
-                    for entry in self._in_use
-                    if entry.busy_since and now - entry.busy_since >= self.watchdog
-                ]
-                if stuck:
-                    self._watchdog_busy = True
-        if stuck:
-            threading.Thread(
-                target=self._watch, args=(stuck,), name=f"tether-watchdog-{self.name}", daemon=True
-            ).start()
         for entry, reason in to_close:
             self._close_raw(entry, reason)
         for entry in to_ping:
@@ -1218,6 +1213,24 @@ class Pool:
             self._checkin(fresh)
         self._maintain_extra(now)
 
+    def _watchdog_scan(self) -> None:
+        """Find calls that have waited on the server longer than ``watchdog`` seconds and
+        check on them. Runs on its own thread: maintenance may itself be waiting on a
+        silent server (a keepalive ping), and must not delay this."""
+        if self.watchdog is None:
+            return
+        now = _monotonic()
+        with self._lock:
+            if self._closed:
+                return
+            stuck = [
+                (entry, entry.gen, entry.busy_since, entry.session_id)
+                for entry in self._in_use
+                if entry.busy_since and now - entry.busy_since >= self.watchdog
+            ]
+        if stuck:
+            self._watch(stuck)
+
     def _watch(self, stuck: list[tuple[_Entry, int, float, int]]) -> None:
         """Out-of-band check of calls that have waited on the server for ``watchdog``
         seconds: a probe connection asks the server whether each session still exists and is
@@ -1253,8 +1266,6 @@ class Pool:
                 )
         except Exception:
             logger.exception("%s: watchdog failed", self.name)
-        finally:
-            self._watchdog_busy = False
 
     def _probe_sessions(self, session_ids: list[int]) -> Callable[[int], str | None]:
         """Ask the server, on a separate short-lived connection with hard timeouts, about
@@ -1343,6 +1354,26 @@ def _maintenance_loop(pool_ref: weakref.ref[Pool], stop: threading.Event) -> Non
             pool._maintain()
         except Exception:
             logger.exception("%s: maintenance failed", pool.name)
+        del pool
+
+
+def _watchdog_loop(pool_ref: weakref.ref[Pool], stop: threading.Event) -> None:
+    while True:
+        pool = pool_ref()
+        if pool is None or pool.watchdog is None:
+            return
+        # Look often enough that a stuck call is seen soon after it crosses the threshold.
+        interval = min(1.0, pool.watchdog / 4)
+        del pool
+        if stop.wait(interval):
+            return
+        pool = pool_ref()
+        if pool is None:
+            return
+        try:
+            pool._watchdog_scan()
+        except Exception:
+            logger.exception("%s: watchdog failed", pool.name)
         del pool
 
 

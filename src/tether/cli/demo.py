@@ -17,15 +17,15 @@ def results_table(results: list[VariantResult]) -> Table:
     table = Table(title="Same workload, same faults", title_justify="left")
     for column, justify in (
         ("variant", "left"),
-        ("requests ok", "right"),
-        ("errors seen by the app", "right"),
+        ("ok", "right"),
+        ("errors", "right"),
         ("longest stall", "right"),
-        ("still hung at end", "right"),
-        ("writes lost silently", "right"),
-        ("duplicated", "right"),
-        ("half-committed", "right"),
-        ("failed, yet written", "right"),
-        ("connections left open", "right"),
+        ("hung at end", "right"),
+        ("lost writes", "right"),
+        ("dup", "right"),
+        ("half", "right"),
+        ("failed yet written", "right"),
+        ("left open", "right"),
     ):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for r in results:
@@ -62,7 +62,8 @@ def demo(quick: bool, threads: int, output: Path, as_json: bool) -> None:
     through: idle past wait_timeout, sessions killed, a server restart, a connection cap below
     the thread count, a blackhole, and sessions killed inside transactions.
     """
-    console = Console()
+    # Wide enough for the table even when the output is not a terminal.
+    console = Console(width=max(Console().width, 130))
     console.print(
         f"[bold]tether demo[/bold]: {threads} threads of reads and two-statement transactions,"
         f" {len(VARIANTS)} variants, the same fault schedule for each"
@@ -82,6 +83,13 @@ def demo(quick: bool, threads: int, output: Path, as_json: bool) -> None:
 
         results = run_demo(threads=threads, quick=quick, progress=update)
     console.print(results_table(results))
+    console.print(
+        "ok: requests that worked; errors: exceptions that reached the application;"
+        " lost writes: transactions the app saw commit that are not in the ledger; dup:"
+        " ledger rows written twice; half: transactions partly applied; failed yet written:"
+        " writes the app saw fail (not 'outcome unknown') that did happen; left open:"
+        " server connections after the variant closed its pool."
+    )
     for r in results:
         kinds = ", ".join(f"{k} x{n}" for k, n in sorted(r.errors_by_kind().items()))
         console.print(f"  {r.name}: {r.description}" + (f"; errors: {kinds}" if kinds else ""))

@@ -95,8 +95,10 @@ def run_demo(
     """Run every variant. Starts its own throwaway server unless one is given."""
     chosen = variants or VARIANTS
     report = progress or (lambda v, p, f: None)
-    # The peers' own loggers and tether's would talk over the live display.
-    logging.getLogger("tether").setLevel(logging.CRITICAL)
+    # The peers' own loggers and tether's would talk over the live display: the errors they
+    # log are what the table counts.
+    for name in ("tether", "sqlalchemy", "dbutils"):
+        logging.getLogger(name).setLevel(logging.CRITICAL + 1)
     own = dsn_server is None
     server = dsn_server or MariaDBServer(options={"wait_timeout": 2}, name="demo")
     if own:

@@ -1,461 +1,332 @@
-"""The demo's workload, variants and fault schedule.
+"""The demo's workload: threads doing reads by key and small two-statement transactions
+through one variant, every request timed and its outcome kept, never waited on forever.
 
-One workload (threads doing reads by key and small two-statement transactions) runs through
-each variant in turn while the same faults are injected on the same schedule. Every request is
-timed and its outcome kept; the ledger table tells afterwards which writes really happened.
+A request that blocks (a peer waiting on a socket that will never answer) cannot be interrupted
+from Python, so the workload never waits for it: the controller *freezes* the run at its end,
+counting every request still in flight as a stall of the length it had reached, then cuts the
+network under it and joins the threads with a deadline. The ledger tables tell afterwards which
+writes really happened (:func:`audit`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import tether
-from tether.testing import FaultProxy, MariaDBServer
 
-THINK = 0.005  # seconds between a thread's requests
+from .variants import Endpoint, Tables, Variant, driver_module, error_kind
 
+__all__ = ["ITEMS", "Audit", "Outcome", "Workload", "audit", "create_tables", "drop_tables"]
 
-# ----------------------------------------------------------------------------- variants
-
-
-class Variant:
-    """A way to get a connection for one request, as applications write it."""
-
-    name = "?"
-    description = ""
-
-    def __init__(self, dsn: dict[str, Any]) -> None:
-        self.dsn = dsn
-
-    def connection(self) -> Any:
-        """A context manager yielding a DB-API connection."""
-        raise NotImplementedError
-
-    def begin(self, conn: Any) -> None:
-        conn.begin()
-
-    def close(self) -> None:
-        pass
+ITEMS = 1000  # rows in the read table
+_ids = itertools.count(1)  # request ids, unique across the whole run
 
 
-def _pymysql_connect(dsn: dict[str, Any]) -> Any:
-    import pymysql
-
-    return pymysql.connect(autocommit=True, **dsn)
-
-
-class PerRequest(Variant):
-    name = "naive per-request"
-    description = "connect, query, close: the classic advice"
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        conn = _pymysql_connect(self.dsn)
-        try:
-            yield conn
-        finally:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-class NaivePersistent(Variant):
-    name = "naive persistent"
-    description = "one connection per thread, ping(reconnect=True) before use"
-
-    def __init__(self, dsn: dict[str, Any]) -> None:
-        super().__init__(dsn)
-        self.local = threading.local()
-        self.all: list[Any] = []
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        conn = getattr(self.local, "conn", None)
-        if conn is None:
-            conn = self.local.conn = _pymysql_connect(self.dsn)
-            self.all.append(conn)
-        else:
-            with contextlib.suppress(DeprecationWarning):
-                import warnings
-
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    conn.ping(reconnect=True)
-        yield conn
-
-    def close(self) -> None:
-        for conn in self.all:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-
-class PersistentDB(Variant):
-    name = "DBUtils PersistentDB"
-    description = "thread-affine connections, ping on checkout"
-
-    def __init__(self, dsn: dict[str, Any]) -> None:
-        super().__init__(dsn)
-        import pymysql
-        from dbutils.persistent_db import PersistentDB as _PersistentDB
-
-        self.pool = _PersistentDB(pymysql, autocommit=True, **dsn)
-        self.opened: list[Any] = []
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        conn = self.pool.connection()
-        yield conn
-
-    def close(self) -> None:
-        # PersistentDB keeps connections in thread-locals; close this thread's and let the
-        # others go with their threads, as applications do.
-        with contextlib.suppress(Exception):
-            self.pool.connection().close()
-
-
-class SQLAlchemyPrePing(Variant):
-    name = "SQLAlchemy pre_ping"
-    description = "QueuePool(pool_size=8), pool_pre_ping=True"
-
-    def __init__(self, dsn: dict[str, Any]) -> None:
-        super().__init__(dsn)
-        from sqlalchemy import create_engine
-
-        url = (
-            f"mysql+pymysql://{dsn['user']}:{dsn['password']}@{dsn['host']}:{dsn['port']}"
-            f"/{dsn['database']}"
-        )
-        self.engine = create_engine(
-            url, pool_size=8, max_overflow=0, pool_pre_ping=True, pool_timeout=10
-        )
-
-    @contextlib.contextmanager
-    def connection(self) -> Iterator[Any]:
-        conn = self.engine.raw_connection()
-        try:
-            yield conn
-        finally:
-            conn.close()
-
-    def close(self) -> None:
-        self.engine.dispose()
-
-
-class TetherPool(Variant):
-    name = "tether Pool"
-    description = "tether.Pool(max_size=8, timeout=10), defaults otherwise"
-
-    def __init__(self, dsn: dict[str, Any]) -> None:
-        super().__init__(dsn)
-        url = (
-            f"mysql://{dsn['user']}:{dsn['password']}@{dsn['host']}:{dsn['port']}/{dsn['database']}"
-        )
-        self.pool = tether.Pool(url, driver="pymysql", max_size=8, timeout=10, name="demo")
-
-    def connection(self) -> Any:
-        return self.pool.connection()
-
-    def close(self) -> None:
-        self.pool.close()
-
-
-VARIANTS: list[type[Variant]] = [
-    PerRequest,
-    NaivePersistent,
-    PersistentDB,
-    SQLAlchemyPrePing,
-    TetherPool,
-]
-
-
-# ----------------------------------------------------------------------------- outcomes
-
-
-@dataclass
+@dataclass(slots=True)
 class Outcome:
-    t: float  # seconds since the variant started
-    latency: float
-    kind: str  # "read" / "write"
-    error: str | None  # exception class name, None when it worked
+    """One request as the application saw it."""
+
+    slot: int  # which thread
+    write: bool
+    start: float  # seconds since the variant's run started
+    end: float  # when the application heard back (or the run was frozen)
+    phase: int  # index of the phase it started in
+    error: str | None  # error kind, None when it worked
+    # reads: "ok" / "error" / "hung"; writes: "committed" / "failed" / "unknown" / "hung"
+    verdict: str
     request_id: int | None = None
-    verdict: str = "ok"  # for writes: "committed", "failed", "unknown"
+
+    @property
+    def latency(self) -> float:
+        return self.end - self.start
 
 
 @dataclass
-class VariantResult:
-    name: str
-    description: str
-    outcomes: list[Outcome] = field(default_factory=list)
-    stuck: list[float] = field(default_factory=list)  # how long still-running requests had run
-    phases: list[tuple[str, float, float]] = field(default_factory=list)
-    lost: int = 0
-    duplicated: int = 0
-    half_committed: int = 0
-    unexpected: int = 0  # writes reported failed that are in the ledger anyway
-    left_open: int = 0
-    elapsed: float = 0.0
+class Audit:
+    """What the ledger says about the writes of one variant's run."""
 
-    @property
-    def requests(self) -> int:
-        return sum(1 for o in self.outcomes if o.error is None)
-
-    @property
-    def errors(self) -> int:
-        return sum(1 for o in self.outcomes if o.error is not None)
-
-    def errors_by_kind(self) -> dict[str, int]:
-        kinds: dict[str, int] = {}
-        for o in self.outcomes:
-            if o.error is not None:
-                kinds[o.error] = kinds.get(o.error, 0) + 1
-        return kinds
-
-    @property
-    def longest_stall(self) -> float:
-        times = [o.latency for o in self.outcomes] + self.stuck
-        return max(times, default=0.0)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "variant": self.name,
-            "requests": self.requests,
-            "errors": self.errors,
-            "errors_by_kind": self.errors_by_kind(),
-            "longest_stall_s": round(self.longest_stall, 2),
-            "stuck_at_end": len(self.stuck),
-            "writes_lost": self.lost,
-            "writes_duplicated": self.duplicated,
-            "half_committed": self.half_committed,
-            "failed_writes_that_happened": self.unexpected,
-            "connections_left_open": self.left_open,
-        }
-
-
-# ----------------------------------------------------------------------------- the run
+    committed: int = 0  # writes the application believes committed
+    lost: int = 0  # believed committed, not in the ledger
+    duplicated: int = 0  # extra ledger rows for one request
+    half_committed: int = 0  # ledger rows and counter increments that do not match
+    failed_but_written: int = 0  # the application saw an error (not "outcome unknown"); it happened
+    unknown_written: int = 0  # "outcome unknown" (or hung) writes that did happen
+    unknown_not_written: int = 0  # ... and those that did not
 
 
 class Workload:
-    """Threads issuing requests through one variant until told to stop."""
+    """``threads`` workers issuing requests through :attr:`variant` (the controller may swap
+    it) until :meth:`freeze`."""
 
-    _ids = itertools.count(1)
-
-    def __init__(self, variant: Variant, threads: int, result: VariantResult) -> None:
-        self.variant = variant
+    def __init__(
+        self,
+        *,
+        threads: int,
+        think: float,
+        tx_work: float,
+        write_share: float = 0.3,
+        seed: int = 7,
+    ) -> None:
         self.threads = threads
-        self.result = result
-        self.start = time.monotonic()
-        self.running = threading.Event()
-        self.running.set()
-        self.stop = threading.Event()
-        self.lock = threading.Lock()
-        self.in_flight: dict[int, float] = {}
-        self.workers = [
-            threading.Thread(target=self._loop, args=(n,), daemon=True, name=f"demo-{n}")
+        self.think = think
+        self.tx_work = tx_work
+        self.write_share = write_share
+        self.seed = seed
+        self.variant: Variant | None = None
+        self.phase = 0
+        self.t0 = time.monotonic()
+        self.outcomes: list[Outcome] = []
+        self.ok = 0
+        self.errors = 0
+        self._lock = threading.Lock()
+        self._in_flight: dict[int, tuple[float, bool, int | None, int]] = {}
+        self._go = threading.Event()
+        self._go.set()
+        self._stop = threading.Event()
+        self._frozen = False
+        self._workers = [
+            threading.Thread(target=self._loop, args=(n,), name=f"tether-demo-{n}", daemon=True)
             for n in range(threads)
         ]
 
-    def begin(self) -> None:
-        for w in self.workers:
-            w.start()
+    # -- control
 
-    def pause(self) -> None:
-        self.running.clear()
+    def now(self) -> float:
+        return time.monotonic() - self.t0
+
+    def start(self, variant: Variant) -> None:
+        self.variant = variant
+        self.t0 = time.monotonic()
+        for worker in self._workers:
+            worker.start()
+
+    def pause(self, wait: float) -> int:
+        """Start no new request; wait up to ``wait`` seconds for those in flight. Returns how
+        many are still in flight."""
+        self._go.clear()
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    return 0
+            time.sleep(0.01)
+        with self._lock:
+            return len(self._in_flight)
 
     def resume(self) -> None:
-        self.running.set()
+        self._go.set()
 
-    def finish(self, grace: float) -> None:
-        self.stop.set()
-        self.running.set()
-        deadline = time.monotonic() + grace
-        for w in self.workers:
-            w.join(max(0.0, deadline - time.monotonic()))
+    def stalled(self, longer_than: float) -> int:
+        """How many requests have been in flight longer than ``longer_than`` seconds."""
         now = time.monotonic()
-        with self.lock:
-            # Requests still blocked (a peer hanging on a dead socket): count how long.
-            self.result.stuck = [now - started for started in self.in_flight.values()]
+        with self._lock:
+            return sum(1 for s in self._in_flight.values() if now - (self.t0 + s[0]) > longer_than)
 
-    def _loop(self, n: int) -> None:
-        rnd = random.Random(n)
-        while not self.stop.is_set():
-            self.running.wait()
-            if self.stop.is_set():
+    def freeze(self, grace: float) -> int:
+        """End the run: no new requests, ``grace`` seconds for the ones in flight, then every
+        request still in flight is recorded as hung for as long as it had been. Later outcomes
+        are ignored. Returns how many were hung."""
+        self._stop.set()
+        self._go.set()
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            with self._lock:
+                if not self._in_flight:
+                    break
+            time.sleep(0.01)
+        with self._lock:
+            self._frozen = True
+            end = self.now()
+            hung = list(self._in_flight.items())
+            for slot, (start, write, request_id, phase) in hung:
+                self.outcomes.append(
+                    Outcome(slot, write, start, end, phase, "hung", "hung", request_id)
+                )
+        return len(hung)
+
+    def join(self, timeout: float) -> int:
+        """Wait up to ``timeout`` seconds for the workers to end. Returns how many did not."""
+        deadline = time.monotonic() + timeout
+        for worker in self._workers:
+            worker.join(max(0.0, deadline - time.monotonic()))
+        return sum(1 for w in self._workers if w.is_alive())
+
+    # -- the workers
+
+    def _loop(self, slot: int) -> None:
+        rnd = random.Random(self.seed * 1000 + slot)
+        work: Callable[[], None] = lambda: time.sleep(self.tx_work)  # noqa: E731
+        while not self._stop.is_set():
+            if not self._go.wait(0.05):
+                continue
+            if self._stop.is_set():
                 break
-            write = rnd.random() < 0.3
-            self._request(n, write, rnd)
-            time.sleep(THINK)
-
-    def _request(self, n: int, write: bool, rnd: random.Random) -> None:
-        started = time.monotonic()
-        with self.lock:
-            self.in_flight[n] = started
-        request_id = next(self._ids) if write else None
-        error: str | None = None
-        verdict = "ok"
-        try:
-            with self.variant.connection() as conn:
-                cur = conn.cursor()
+            variant = self.variant
+            if variant is None:
+                break
+            write = rnd.random() < self.write_share
+            request_id = next(_ids) if write else None
+            phase = self.phase
+            start = self.now()
+            with self._lock:
+                if self._frozen:
+                    break
+                self._in_flight[slot] = (start, write, request_id, phase)
+            error: str | None = None
+            try:
                 if write:
-                    verdict = "failed"
-                    self.variant.begin(conn)
-                    cur.execute("INSERT INTO ledger (request_id) VALUES (%s)", (request_id,))
-                    time.sleep(0.01)  # a transaction that is open for a while
-                    cur.execute("UPDATE counters SET n = n + 1 WHERE id = 1")
-                    conn.commit()
+                    assert request_id is not None
+                    variant.write(request_id, slot, work)
                     verdict = "committed"
                 else:
-                    cur.execute("SELECT name FROM city WHERE id = %s", (rnd.randint(1, 100),))
-                    cur.fetchall()
-                cur.close()
-        except Exception as exc:
-            error = type(exc).__name__
-            if isinstance(exc, tether.OutcomeUnknown):
-                verdict = "unknown"
-            elif write and verdict == "committed":
-                verdict = "committed"  # failed after COMMIT returned (closing): it happened
-            else:
-                verdict = "failed" if write else "ok"
-        latency = time.monotonic() - started
-        with self.lock:
-            self.in_flight.pop(n, None)
-            self.result.outcomes.append(
-                Outcome(
-                    started - self.start,
-                    latency,
-                    "write" if write else "read",
-                    error,
-                    request_id,
-                    verdict,
+                    variant.read(rnd.randint(1, ITEMS))
+                    verdict = "ok"
+            except Exception as exc:
+                error = error_kind(exc)
+                if isinstance(exc, tether.OutcomeUnknown):
+                    verdict = "unknown"
+                else:
+                    verdict = "failed" if write else "error"
+            end = self.now()
+            with self._lock:
+                self._in_flight.pop(slot, None)
+                if self._frozen:
+                    break
+                self.outcomes.append(
+                    Outcome(slot, write, start, end, phase, error, verdict, request_id)
                 )
+                if error is None:
+                    self.ok += 1
+                else:
+                    self.errors += 1
+            self._stop.wait(self.think)
+
+
+# ----------------------------------------------------------------------------- the tables
+
+
+def _direct(endpoint: Endpoint) -> Any:
+    """A connection straight to the server (not through the proxy), for set-up and audit;
+    always PyMySQL, whatever driver the variants use."""
+    return driver_module("pymysql").connect(
+        **endpoint.connect_kwargs(),
+        autocommit=True,
+        connect_timeout=10,
+        read_timeout=60,
+        write_timeout=60,
+    )
+
+
+def create_tables(endpoint: Endpoint, tables: Tables, *, threads: int, items: bool) -> None:
+    """A fresh ledger and counters for one variant (and the read table, once per run)."""
+    conn = _direct(endpoint)
+    try:
+        cur = conn.cursor()
+        if items:
+            cur.execute(f"DROP TABLE IF EXISTS {tables.items}")
+            cur.execute(
+                f"CREATE TABLE {tables.items} (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL,"
+                " qty INT NOT NULL) ENGINE=InnoDB"
             )
+            cur.executemany(
+                f"INSERT INTO {tables.items} VALUES (%s, %s, %s)",
+                [(i, f"item-{i}", i % 97) for i in range(1, ITEMS + 1)],
+            )
+        cur.execute(f"DROP TABLE IF EXISTS {tables.ledger}, {tables.counters}")
+        # No unique key on request_id on purpose: a write applied twice must show as two rows.
+        cur.execute(
+            f"CREATE TABLE {tables.ledger} (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+            " request_id BIGINT NOT NULL, slot INT NOT NULL, KEY (request_id)) ENGINE=InnoDB"
+        )
+        cur.execute(
+            f"CREATE TABLE {tables.counters} (slot INT PRIMARY KEY, n INT NOT NULL)"
+            " ENGINE=InnoDB"
+        )
+        cur.executemany(
+            f"INSERT INTO {tables.counters} VALUES (%s, 0)", [(s,) for s in range(threads)]
+        )
+    finally:
+        conn.close()
+
+
+def drop_tables(endpoint: Endpoint, names: list[str]) -> None:
+    conn = _direct(endpoint)
+    try:
+        cur = conn.cursor()
+        for name in names:
+            cur.execute(f"DROP TABLE IF EXISTS {name}")
+    finally:
+        conn.close()
+
+
+def audit(endpoint: Endpoint, tables: Tables, outcomes: list[Outcome]) -> Audit:
+    """Compare what the application believes with what the server has."""
+    conn = _direct(endpoint)
+    try:
+        cur = conn.cursor()
+        cur.execute(f"SELECT request_id, COUNT(*) FROM {tables.ledger} GROUP BY request_id")
+        rows: dict[int, int] = {int(r): int(n) for r, n in cur.fetchall()}
+        cur.execute(f"SELECT slot, COUNT(*) FROM {tables.ledger} GROUP BY slot")
+        ledger_by_slot: dict[int, int] = {int(s): int(n) for s, n in cur.fetchall()}
+        cur.execute(f"SELECT slot, n FROM {tables.counters}")
+        counter_by_slot: dict[int, int] = {int(s): int(n) for s, n in cur.fetchall()}
+    finally:
+        conn.close()
+    result = Audit()
+    result.duplicated = sum(n - 1 for n in rows.values() if n > 1)
+    for o in outcomes:
+        if not o.write or o.request_id is None:
+            continue
+        present = rows.get(o.request_id, 0) > 0
+        if o.verdict == "committed":
+            result.committed += 1
+            if not present:
+                result.lost += 1
+        elif o.verdict == "failed":
+            if present:
+                result.failed_but_written += 1
+        elif present:
+            result.unknown_written += 1
+        else:
+            result.unknown_not_written += 1
+    # Each transaction adds one ledger row and one counter increment for its thread, together.
+    slots = set(ledger_by_slot) | set(counter_by_slot)
+    result.half_committed = sum(
+        abs(ledger_by_slot.get(s, 0) - counter_by_slot.get(s, 0)) for s in slots
+    )
+    return result
 
 
 @dataclass
-class Phase:
-    name: str
-    seconds: float
-    action: Callable[[Any], None] | None = None  # called at the phase's start with the run
-    at: float = 0.0  # when within the phase to fire the action
+class PhaseStats:
+    """Per phase of one variant's run."""
+
+    requests: int = 0
+    errors: int = 0
+    hung: int = 0
+    longest_stall: float = 0.0
+    kinds: dict[str, int] = field(default_factory=dict)
 
 
-class Run:
-    """Everything one variant's run can touch: the server, the proxy, the workload."""
-
-    def __init__(self, server: MariaDBServer, proxy: FaultProxy, workload: Workload) -> None:
-        self.server = server
-        self.proxy = proxy
-        self.workload = workload
-
-
-def _kill_app_sessions(run: Run) -> None:
-    run.server.kill_sessions()
-
-
-def _restart(down: float) -> Callable[[Run], None]:
-    def action(run: Run) -> None:
-        run.server.restart(down=down)
-
-    return action
-
-
-def _idle(pause: float) -> Callable[[Run], None]:
-    def action(run: Run) -> None:
-        run.workload.pause()
-        time.sleep(pause)
-        run.workload.resume()
-
-    return action
-
-
-def _cap(limit: int) -> Callable[[Run], None]:
-    def action(run: Run) -> None:
-        s = run.server
-        s.execute_admin(f"ALTER USER '{s.user}'@'%' WITH MAX_USER_CONNECTIONS {int(limit)}")
-        s.kill_sessions()  # everyone reconnects under the cap
-
-    return action
-
-
-def _blackhole(seconds: float) -> Callable[[Run], None]:
-    def action(run: Run) -> None:
-        run.proxy.blackhole()
-        time.sleep(seconds)
-        run.proxy.pass_through()
-
-    return action
-
-
-def _kill_in_transaction(seconds: float) -> Callable[[Run], None]:
-    def action(run: Run) -> None:
-        deadline = time.monotonic() + seconds
-        killed = 0
-        while time.monotonic() < deadline and killed < 3:
-            rows = run.server.execute_admin(
-                "SELECT trx_mysql_thread_id FROM information_schema.INNODB_TRX"
-            )
-            if rows:
-                killed += run.server.kill_sessions(ids=[int(rows[0][0])])
-                time.sleep(0.3)
-            else:
-                time.sleep(0.002)
-
-    return action
-
-
-def schedule(quick: bool) -> list[Phase]:
-    k = 0.5 if quick else 1.0
-    return [
-        Phase("warm-up", 2 * k),
-        Phase("idle past wait_timeout", 3.0 + 2 * k, _idle(3.0)),
-        Phase("sessions killed", 3 * k, _kill_app_sessions, at=0.5 * k),
-        Phase("server restart", 3.5 + 2 * k, _restart(1.5 if not quick else 1.0), at=0.5 * k),
-        Phase("connection cap 4 < 8 threads", 4 * k, _cap(4), at=0.2),
-        Phase("blackhole", 6.0 + 3 * k, _blackhole(3.0), at=0.5),
-        Phase("killed inside a transaction", 3 * k, _kill_in_transaction(2 * k), at=0.2),
-    ]
-
-
-def reset_server(server: MariaDBServer) -> None:
-    db = server.database
-    server.execute_admin(f"ALTER USER '{server.user}'@'%' WITH MAX_USER_CONNECTIONS 0")
-    server.kill_sessions()
-    for statement in (
-        f"DROP TABLE IF EXISTS {db}.ledger, {db}.counters, {db}.city",
-        f"CREATE TABLE {db}.ledger (id INT AUTO_INCREMENT PRIMARY KEY, request_id INT NOT NULL)",
-        f"CREATE TABLE {db}.counters (id INT PRIMARY KEY, n INT NOT NULL)",
-        f"INSERT INTO {db}.counters VALUES (1, 0)",
-        f"CREATE TABLE {db}.city (id INT PRIMARY KEY, name VARCHAR(32))",
-        f"INSERT INTO {db}.city SELECT seq, CONCAT('city-', seq) FROM {db}.seq_1_to_100",
-    ):
-        server.execute_admin(statement)
-
-
-def audit(server: MariaDBServer, result: VariantResult) -> None:
-    """Compare what the application believes with what the server has."""
-    db = server.database
-    counts: dict[int, int] = {
-        int(rid): int(n)
-        for rid, n in server.execute_admin(
-            f"SELECT request_id, COUNT(*) FROM {db}.ledger GROUP BY request_id"
-        )
-    }
-    for o in result.outcomes:
-        if o.kind != "write" or o.request_id is None:
+def phase_stats(outcomes: list[Outcome], phases: int) -> list[PhaseStats]:
+    stats = [PhaseStats() for _ in range(phases)]
+    for o in outcomes:
+        if not 0 <= o.phase < phases:
             continue
-        present = counts.get(o.request_id, 0)
-        if present > 1:
-            result.duplicated += present - 1
-        if o.verdict == "committed" and present == 0:
-            result.lost += 1
-        elif o.verdict == "failed" and present:
-            result.unexpected += 1
-    ledger_rows = sum(counts.values())
-    counter = int(server.execute_admin(f"SELECT n FROM {db}.counters WHERE id = 1")[0][0])
-    # Each transaction inserts one ledger row and bumps the counter once, atomically.
-    result.half_committed = abs(ledger_rows - counter)
+        s = stats[o.phase]
+        s.longest_stall = max(s.longest_stall, o.latency)
+        if o.verdict == "hung":
+            s.hung += 1
+        elif o.error is None:
+            s.requests += 1
+        else:
+            s.errors += 1
+            s.kinds[o.error] = s.kinds.get(o.error, 0) + 1
+    return stats
+

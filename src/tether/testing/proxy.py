@@ -63,6 +63,11 @@ class _Link:
                     except OSError:
                         data = b""
                     if not data:
+                        if self.proxy._blackhole:
+                            # A firewall dropping packets drops the FIN too: the other side
+                            # hears nothing, and keeps waiting.
+                            sel.unregister(src)
+                            continue
                         self.cut()
                         return
                     self._forward(src, dst, data)
