@@ -105,6 +105,14 @@ class Driver:
     InterfaceError: type[BaseException]
     ProgrammingError: type[BaseException]
 
+    def _bind(self, module: Any) -> None:
+        """Take the DB-API module and its exception classes (PEP 249 names)."""
+        self.module = module
+        self.Error = module.Error
+        self.OperationalError = module.OperationalError
+        self.InterfaceError = module.InterfaceError
+        self.ProgrammingError = module.ProgrammingError
+
     def connect(
         self, dsn: DSN, *, connect_timeout: float, autocommit: bool, connect_args: dict[str, Any]
     ) -> Any:
@@ -213,11 +221,7 @@ class PyMySQLDriver(Driver):
     def __init__(self) -> None:
         import pymysql
 
-        self.module = pymysql
-        self.Error = pymysql.Error
-        self.OperationalError = pymysql.OperationalError
-        self.InterfaceError = pymysql.InterfaceError
-        self.ProgrammingError = pymysql.ProgrammingError
+        self._bind(pymysql)
         # PyMySQL >= 1.2 builds a fresh TLS context (loading the system CA store, ~27 ms) in
         # every Connection.__init__. The first connection's context is kept and handed to the
         # next ones with the same mode (preferred or required) and the same verification
@@ -372,11 +376,7 @@ class MySQLClientDriver(Driver):
     def __init__(self) -> None:
         import MySQLdb
 
-        self.module = MySQLdb
-        self.Error = MySQLdb.Error
-        self.OperationalError = MySQLdb.OperationalError
-        self.InterfaceError = MySQLdb.InterfaceError
-        self.ProgrammingError = MySQLdb.ProgrammingError
+        self._bind(MySQLdb)
         self._lib: _LibMariaDB | None
         try:
             self._lib = _LibMariaDB()

@@ -1114,22 +1114,35 @@ class Pool:
     def _start_maintenance(self) -> None:
         self._maint_stop = threading.Event()
         thread = threading.Thread(
-            target=_maintenance_loop,
-            args=(weakref.ref(self), self._maint_stop),
+            target=_background,
+            args=(
+                weakref.ref(self),
+                self._maint_stop,
+                lambda pool: pool._maintenance_interval,
+                lambda pool: pool._maintain(),
+                "maintenance",
+            ),
             name=f"tether-maintenance-{self.name}",
             daemon=True,
         )
         self._maint_thread = thread
         thread.start()
         if self.watchdog is not None:
-            watcher = threading.Thread(
-                target=_watchdog_loop,
-                args=(weakref.ref(self), self._maint_stop),
+            # Its own thread: maintenance may itself be waiting on a silent server.
+            # Looks often enough to see a stuck call soon after it crosses the threshold.
+            watchdog = self.watchdog
+            threading.Thread(
+                target=_background,
+                args=(
+                    weakref.ref(self),
+                    self._maint_stop,
+                    lambda pool: min(1.0, watchdog / 4),
+                    lambda pool: pool._watchdog_scan(),
+                    "watchdog",
+                ),
                 name=f"tether-watchdog-{self.name}",
                 daemon=True,
-            )
-            # The same stop event ends it.
-            watcher.start()
+            ).start()
 
     def _maintain(self) -> None:
         """One round of background work: retire expired and surplus idle connections, ping
@@ -1337,43 +1350,31 @@ class Pool:
             self._start_maintenance()
 
 
-def _maintenance_loop(pool_ref: weakref.ref[Pool], stop: threading.Event) -> None:
-    # Holds the pool only weakly between rounds, so an unreferenced pool can be collected.
+def _background(
+    pool_ref: weakref.ref[Pool],
+    stop: threading.Event,
+    interval: Callable[[Pool], float],
+    work: Callable[[Pool], None],
+    what: str,
+) -> None:
+    """Run ``work(pool)`` every ``interval(pool)`` seconds until ``stop`` is set. Holds the
+    pool only weakly between rounds, so an unreferenced pool can be collected; a failing round
+    is logged and the loop lives on."""
     while True:
         pool = pool_ref()
         if pool is None:
             return
-        interval = pool._maintenance_interval
+        wait = interval(pool)
         del pool
-        if stop.wait(interval):
+        if stop.wait(wait):
             return
         pool = pool_ref()
         if pool is None:
             return
         try:
-            pool._maintain()
+            work(pool)
         except Exception:
-            logger.exception("%s: maintenance failed", pool.name)
-        del pool
-
-
-def _watchdog_loop(pool_ref: weakref.ref[Pool], stop: threading.Event) -> None:
-    while True:
-        pool = pool_ref()
-        if pool is None or pool.watchdog is None:
-            return
-        # Look often enough that a stuck call is seen soon after it crosses the threshold.
-        interval = min(1.0, pool.watchdog / 4)
-        del pool
-        if stop.wait(interval):
-            return
-        pool = pool_ref()
-        if pool is None:
-            return
-        try:
-            pool._watchdog_scan()
-        except Exception:
-            logger.exception("%s: watchdog failed", pool.name)
+            logger.exception("%s: %s failed", pool.name, what)
         del pool
 
 
