@@ -707,7 +707,8 @@ class Pool:
     def _block_growth_locked(self, kind: ErrorKind) -> None:
         # Capped exponential backoff with full jitter: refills from many processes spread out
         # instead of hammering a server that is at its cap or restarting.
-        self._backoff = min(2.0, max(0.05, self._backoff * 2))
+        # Capped at 1 s so that a server that is back is used within a second.
+        self._backoff = min(1.0, max(0.05, self._backoff * 2))
         if kind is ErrorKind.CAPACITY:
             self._counters["capacity_errors"] += 1
         self._grow_blocked_until = _monotonic() + random.uniform(0.5, 1.0) * self._backoff

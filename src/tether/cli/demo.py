@@ -1,100 +1,199 @@
-"""``tether demo``: faults survived, side by side."""
+"""``tether demo``: one workload, the same injected faults, naive code, the peers and tether
+side by side."""
 
 from __future__ import annotations
 
-import json
+import time
 from pathlib import Path
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from ..demo import VARIANTS, VariantResult, run_demo, timeline_chart
+from ..demo import DEFAULT_KEYS, QUICK_KEYS, VARIANTS, DemoResult
+from ..demo.report import phase_table, results_table, timeline
+from ..demo.runner import open_target, run_demo
+from ..errors import DSNError
+from ..testing import ServerError
 
 
-def results_table(results: list[VariantResult]) -> Table:
-    table = Table(title="Same workload, same faults", title_justify="left")
-    for column, justify in (
-        ("variant", "left"),
-        ("ok", "right"),
-        ("errors", "right"),
-        ("longest stall", "right"),
-        ("hung at end", "right"),
-        ("lost writes", "right"),
-        ("dup", "right"),
-        ("half", "right"),
-        ("failed yet written", "right"),
-        ("left open", "right"),
-    ):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
-    for r in results:
-        table.add_row(
-            r.name,
-            str(r.requests),
-            str(r.errors),
-            f"{r.longest_stall:.1f}s",
-            str(len(r.stuck)),
-            str(r.lost),
-            str(r.duplicated),
-            str(r.half_committed),
-            str(r.unexpected),
-            str(r.left_open),
-        )
-    return table
+def _print_report(result: DemoResult, console: Console) -> None:
+    console.print(results_table(result))
+    console.print(phase_table(result))
+    console.print("[bold]Errors that reached the application, by kind[/bold]")
+    for v in result.variants:
+        if v.failure is not None:
+            continue
+        kinds = ", ".join(f"{k} x{n}" for k, n in v.errors_by_kind().items()) or "none"
+        console.print(f"  {v.title}: {kinds}")
+        a = v.audit
+        if a.unknown_written or a.unknown_not_written:
+            console.print(
+                f"    in doubt or hung writes: {a.unknown_written} happened,"
+                f" {a.unknown_not_written} did not"
+            )
+        for note in v.notes:
+            console.print(f"    note: {note}")
+    console.print("[bold]Variants[/bold]")
+    for v in result.variants:
+        console.print(f"  {v.title}: {v.description}")
+    console.print("[bold]Fault schedule (the same for every variant)[/bold]")
+    for p in result.schedule:
+        if p["skipped"] is None:
+            console.print(f"  {p['title']}: {p['what']}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
 
 
 @click.command()
-@click.option("--quick", is_flag=True, help="A short version (about a minute).")
-@click.option("--threads", type=click.IntRange(min=1, max=64), default=8, show_default=True)
+@click.option("--quick", is_flag=True, help="A short version (under a minute): shorter phases.")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=2, max=64),
+    default=8,
+    show_default=True,
+    help="Application threads.",
+)
+@click.option(
+    "--driver",
+    type=click.Choice(["pymysql", "mysqlclient"]),
+    default="pymysql",
+    show_default=True,
+    help="The driver every variant uses.",
+)
+@click.option(
+    "--variants",
+    "variant_keys",
+    default=None,
+    metavar="KEYS",
+    help=f"Comma-separated subset of: {', '.join(VARIANTS)} (default: all; --quick: all but"
+    " tether-tl).",
+)
 @click.option(
     "--output",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("demo-output"),
     show_default=True,
-    help="Where the timeline chart and results go.",
+    help="Where the timeline chart and results.json go.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the results as JSON too.")
-def demo(quick: bool, threads: int, output: Path, as_json: bool) -> None:
+@click.option(
+    "--dsn",
+    default=None,
+    help="Run against this server instead of a private one (mysql://user:pass@host:port/db)."
+    " Use an account only the demo uses: its sessions are killed. The demo creates and drops"
+    " tether_demo_* tables in that database; the restart and idle faults are skipped.",
+)
+@click.option(
+    "--admin-dsn",
+    default=None,
+    help="With --dsn: a privileged account for KILL and for making a capped user.",
+)
+@click.option(
+    "--cap-dsn",
+    default=None,
+    help="With --dsn: an account whose MAX_USER_CONNECTIONS is below --threads.",
+)
+def demo(
+    quick: bool,
+    threads: int,
+    driver: str,
+    variant_keys: str | None,
+    output: Path,
+    as_json: bool,
+    dsn: str | None,
+    admin_dsn: str | None,
+    cap_dsn: str | None,
+) -> None:
     """Inject faults into one workload run by naive code, the peers and tether.
 
-    Starts a throwaway MariaDB (wait_timeout=2) behind a fault proxy, then runs each variant
-    through: idle past wait_timeout, sessions killed, a server restart, a connection cap below
-    the thread count, a blackhole, and sessions killed inside transactions.
+    --threads threads do reads by key and small transactions (INSERT a ledger row, UPDATE a
+    counter, COMMIT) through each variant in turn, all traffic through a fault proxy, while
+    the same faults happen: a connection cap below the thread count, idling past wait_timeout,
+    a server restart, sessions killed inside transactions, every session killed, a blackhole.
+    The ledger then tells which writes were lost, duplicated or half-done. By default a
+    private throwaway MariaDB is started (and stopped); full run about 4 minutes.
     """
-    # Wide enough for the table even when the output is not a terminal.
-    console = Console(width=max(Console().width, 130))
-    console.print(
-        f"[bold]tether demo[/bold]: {threads} threads of reads and two-statement transactions,"
-        f" {len(VARIANTS)} variants, the same fault schedule for each"
-        + (" (quick)" if quick else "")
+    if (admin_dsn or cap_dsn) and not dsn:
+        raise click.UsageError("--admin-dsn and --cap-dsn go with --dsn")
+    keys = (
+        [k.strip() for k in variant_keys.split(",") if k.strip()]
+        if variant_keys
+        else list(QUICK_KEYS if quick else DEFAULT_KEYS)
     )
-    with Progress(
-        TextColumn("{task.description:<24}"),
-        BarColumn(),
-        TextColumn("{task.fields[phase]}"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        tasks = {v.name: progress.add_task(v.name, total=1.0, phase="waiting") for v in VARIANTS}
-
-        def update(variant: str, phase: str, fraction: float) -> None:
-            progress.update(tasks[variant], completed=min(1.0, fraction), phase=phase)
-
-        results = run_demo(threads=threads, quick=quick, progress=update)
-    console.print(results_table(results))
+    unknown = [k for k in keys if k not in VARIANTS]
+    if unknown or not keys:
+        raise click.BadParameter(
+            f"unknown variant(s) {', '.join(unknown) or '(none given)'};"
+            f" known: {', '.join(VARIANTS)}",
+            param_hint="--variants",
+        )
+    # The tables need about 140 columns: wider than a terminal wraps, narrower squeezes.
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=140)
+    wide = Console(width=max(console.width, 140))
     console.print(
-        "ok: requests that worked; errors: exceptions that reached the application;"
-        " lost writes: transactions the app saw commit that are not in the ledger; dup:"
-        " ledger rows written twice; half: transactions partly applied; failed yet written:"
-        " writes the app saw fail (not 'outcome unknown') that did happen; left open:"
-        " server connections after the variant closed its pool."
+        f"[bold]tether demo[/bold]: {threads} threads, driver {driver}, {len(keys)} variants,"
+        " the same fault schedule for each" + (" (quick)" if quick else "")
     )
-    for r in results:
-        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(r.errors_by_kind().items()))
-        console.print(f"  {r.name}: {r.description}" + (f"; errors: {kinds}" if kinds else ""))
-    chart = timeline_chart(results, output / "timeline.png")
-    (output / "results.json").write_text(json.dumps([r.as_dict() for r in results], indent=2))
-    console.print(f"timeline: {chart}")
+    started = time.monotonic()
+    try:
+        with open_target(threads=threads, dsn=dsn, admin_dsn=admin_dsn, cap_dsn=cap_dsn) as target:
+            console.print(f"server: {target.description}")
+            with Progress(
+                TextColumn("{task.description:<28}"),
+                BarColumn(bar_width=24),
+                TextColumn("{task.fields[phase]:<36}"),
+                TextColumn("ok {task.fields[ok]:>6}  errors {task.fields[errors]:>5}"),
+                TextColumn("{task.fields[stalled]}"),
+                TimeElapsedColumn(),
+                console=console,
+                transient=False,
+            ) as progress:
+                tasks: dict[str, TaskID] = {
+                    k: progress.add_task(
+                        VARIANTS[k].title, total=1.0, phase="waiting", ok=0, errors=0, stalled=""
+                    )
+                    for k in keys
+                }
+
+                def update(
+                    key: str,
+                    phase: str,
+                    done: float,
+                    planned: float,
+                    ok: int,
+                    errors: int,
+                    stalled: int,
+                ) -> None:
+                    progress.update(
+                        tasks[key],
+                        total=max(planned, 0.1),
+                        completed=done,
+                        phase=phase,
+                        ok=ok,
+                        errors=errors,
+                        stalled=f"[magenta]{stalled} stalled >1s[/magenta]" if stalled else "",
+                    )
+
+                result = run_demo(
+                    target,
+                    threads=threads,
+                    quick=quick,
+                    driver=driver,
+                    variants=keys,
+                    progress=update,
+                )
+    except (DSNError, ValueError, ServerError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    output.mkdir(parents=True, exist_ok=True)
+    result.chart = timeline(result, output / "timeline.png")
+    (output / "results.json").write_text(result.to_json() + "\n")
+    _print_report(result, wide)
+    wide.print(
+        f"timeline chart: {result.chart.resolve()}\nresults: {(output / 'results.json').resolve()}"
+        f"\n(total {time.monotonic() - started:.0f}s)"
+    )
     if as_json:
-        click.echo(json.dumps([r.as_dict() for r in results], indent=2))
+        click.echo(result.to_json())

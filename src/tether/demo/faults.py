@@ -51,7 +51,6 @@ class Target:
     cap: int = 0
     can_restart = False
     can_set_globals = False
-    can_see_transactions = False
     can_kill = False
 
     def admin(self) -> Any:
@@ -102,6 +101,21 @@ class Target:
         finally:
             conn.close()
 
+    def describe_sessions(self, users: list[str]) -> list[str]:
+        """``user: command for Ns (state)`` for each session of ``users``."""
+        conn = self.admin()
+        try:
+            marks = ",".join(["%s"] * len(users))
+            rows = _admin_rows(
+                conn,
+                "SELECT USER, COMMAND, TIME, STATE FROM information_schema.PROCESSLIST"
+                f" WHERE USER IN ({marks}) AND ID <> CONNECTION_ID()",
+                tuple(users),
+            )
+        finally:
+            conn.close()
+        return [f"{u}: {c} for {t}s" + (f" ({st})" if st else "") for u, c, t, st in rows]
+
     def kill(self, ids: list[int], conn: Any = None) -> int:
         own = conn is None
         conn = conn or self.admin()
@@ -144,7 +158,6 @@ class ManagedTarget(Target):
         self.cap = max(1, threads // 2)
         self.can_restart = True
         self.can_set_globals = True
-        self.can_see_transactions = True
         self.can_kill = True
 
     def start(self) -> None:
@@ -216,15 +229,6 @@ class ExternalTarget(Target):
         conn = self.admin()
         try:
             version = _admin_rows(conn, "SELECT VERSION()")[0][0]
-            try:
-                _admin_rows(conn, "SELECT COUNT(*) FROM information_schema.INNODB_TRX")
-                self.can_see_transactions = True
-            except Exception as exc:
-                self.notes.append(
-                    f"{self.admin_endpoint.user} cannot read information_schema.INNODB_TRX"
-                    f" ({exc.args[0] if exc.args else exc}): the 'killed inside a transaction'"
-                    " fault needs the PROCESS privilege (pass --admin-dsn)"
-                )
             if self.admin_endpoint.user == self.app.user:
                 self.can_kill = True  # an account may always kill its own sessions
             else:
@@ -254,7 +258,11 @@ class ExternalTarget(Target):
                     )
                     self._created_user = True
                     self.capped = Endpoint(
-                        self.app.host, self.app.port, CAPPED_USER, CAPPED_PASSWORD, self.app.database
+                        self.app.host,
+                        self.app.port,
+                        CAPPED_USER,
+                        CAPPED_PASSWORD,
+                        self.app.database,
                     )
                 except Exception as exc:
                     self.notes.append(
@@ -262,12 +270,7 @@ class ExternalTarget(Target):
                         " --cap-dsn or an --admin-dsn allowed to CREATE USER"
                     )
             elif self.capped is not None:
-                rows = _admin_rows(
-                    conn,
-                    "SELECT MAX_USER_CONNECTIONS FROM mysql.user WHERE User = %s",
-                    (self.capped.user,),
-                ) if self.admin_endpoint.user != self.app.user else []
-                self.cap = int(rows[0][0]) if rows and rows[0][0] else 0
+                self.cap = _session_limit(self.capped)
         finally:
             conn.close()
         self.description = f"{self.app.redacted()} (server {version}), given with --dsn"
@@ -282,6 +285,22 @@ class ExternalTarget(Target):
                     conn.close()
 
 
+def _session_limit(endpoint: Endpoint) -> int:
+    """The account's own MAX_USER_CONNECTIONS (0: unknown), as its sessions see it."""
+    import pymysql
+
+    try:
+        conn = pymysql.connect(**endpoint.connect_kwargs(), connect_timeout=5, read_timeout=10)
+    except Exception:
+        return 0
+    try:
+        return int(_admin_rows(conn, "SELECT @@SESSION.max_user_connections")[0][0] or 0)
+    except Exception:
+        return 0
+    finally:
+        conn.close()
+
+
 # ----------------------------------------------------------------------------- faults
 
 
@@ -292,6 +311,7 @@ class FaultContext:
     target: Target
     proxy: FaultProxy
     workload: Workload
+    ledger: str  # the variant's ledger table
     log: Callable[[str], None]  # what happened, for the report
 
 
@@ -302,6 +322,7 @@ Fault = Callable[[FaultContext], None]
 class Phase:
     key: str
     title: str
+    short: str  # for the chart
     seconds: float  # planned length
     fault: Fault | None = None
     at: float = 0.0  # when within the phase the fault starts
@@ -331,33 +352,37 @@ def _restart(down: float) -> Fault:
 
 
 def _kill_in_transaction(seconds: float, kills: int, spacing: float) -> Fault:
-    """KILL sessions of the application that have a transaction with uncommitted rows, i.e.
-    between the INSERT and the COMMIT of a write."""
+    """KILL the sessions of writes stopped between their INSERT and their UPDATE (the
+    workload's hook), found by the uncommitted ledger row that names its session."""
 
     def fault(ctx: FaultContext) -> None:
         target = ctx.target
-        users = target.app_users()
-        marks = ",".join(["%s"] * len(users))
-        query = (
-            "SELECT t.trx_mysql_thread_id FROM information_schema.INNODB_TRX t"
-            " JOIN information_schema.PROCESSLIST p ON p.ID = t.trx_mysql_thread_id"
-            f" WHERE p.USER IN ({marks}) AND t.trx_rows_modified > 0"
-            " AND p.ID <> CONNECTION_ID()"
-        )
+        deadline = time.monotonic() + seconds
         conn = target.admin()
         killed = 0
         try:
-            deadline = time.monotonic() + seconds
-            while time.monotonic() < deadline and killed < kills:
-                rows = _admin_rows(conn, query, tuple(users))
-                if not rows:
-                    time.sleep(0.003)
-                    continue
-                killed += target.kill([int(rows[0][0])], conn)
+            _admin_rows(conn, "SET SESSION TRANSACTION ISOLATION LEVEL READ UNCOMMITTED")
+            while killed < kills and time.monotonic() < deadline:
+                ctx.workload.hold_writes(1)
+                held = ctx.workload.next_held(deadline - time.monotonic())
+                if held is None:
+                    break
+                request_id, release = held
+                try:
+                    rows = _admin_rows(
+                        conn,
+                        f"SELECT session FROM {ctx.ledger} WHERE request_id = %s",
+                        (request_id,),
+                    )
+                    if rows:
+                        killed += target.kill([int(rows[0][0])], conn)
+                finally:
+                    release.set()
                 time.sleep(spacing)
         finally:
+            ctx.workload.hold_writes(0)
             conn.close()
-        ctx.log(f"killed {killed} session(s) inside a transaction")
+        ctx.log(f"killed {killed} session(s) between INSERT and COMMIT")
 
     return fault
 
@@ -394,9 +419,9 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
         wait_timeout = None
     managed = isinstance(target, ManagedTarget)
     if quick:
-        cap_s, warm_s, idle_tail = 0.8, 0.4, 0.3
-        restart_s, restart_down = 1.6, 0.3
-        trx_s, trx_kills, trx_spacing = 1.0, 3, 0.2
+        cap_s, warm_s, idle_tail = 0.7, 0.4, 0.2
+        restart_s, restart_down = 1.5, 0.3
+        trx_s, trx_kills, trx_spacing = 0.9, 3, 0.2
         kill_s, hole_at, hole_s, hole_tail = 0.7, 0.2, 1.2, 0.8
     else:
         cap_s, warm_s, idle_tail = 4.0, 2.0, 2.0
@@ -409,12 +434,15 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
         Phase(
             "cap",
             f"connection cap ({cap} < {threads} threads)",
+            "cap",
             cap_s,
             capped=True,
             what=f"the variant runs as a user with MAX_USER_CONNECTIONS {cap}",
-            skipped=None if target.capped is not None else "no capped user (pass --cap-dsn)",
+            skipped=None
+            if target.capped is not None
+            else "no capped user: pass --cap-dsn, or an --admin-dsn allowed to CREATE USER",
         ),
-        Phase("warm-up", "warm-up", warm_s, what="no fault"),
+        Phase("warm-up", "warm-up", "warm-up", warm_s, what="no fault"),
     ]
     if wait_timeout is not None and wait_timeout <= 10:
         pause = wait_timeout + 0.4 if quick else wait_timeout + 1.0
@@ -422,6 +450,7 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
             Phase(
                 "idle",
                 f"idle past wait_timeout ({wait_timeout}s)",
+                "idle",
                 pause + idle_tail,
                 _idle(pause),
                 what=f"the workload pauses {pause:g}s; the server drops idle sessions",
@@ -432,6 +461,7 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
             Phase(
                 "idle",
                 "idle past wait_timeout",
+                "idle",
                 0.0,
                 skipped=(
                     f"the server's wait_timeout is {wait_timeout}s: start it with"
@@ -445,6 +475,7 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
         Phase(
             "restart",
             "server restart",
+            "restart",
             restart_s,
             _restart(restart_down),
             at=0.2 if quick else 0.5,
@@ -456,19 +487,19 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
         Phase(
             "kill-trx",
             "killed inside a transaction",
+            "KILL in trx",
             trx_s,
             _kill_in_transaction(trx_s - 0.2, trx_kills, trx_spacing),
             at=0.1,
             what=f"KILL up to {trx_kills} sessions between their INSERT and COMMIT",
-            skipped=None
-            if target.can_see_transactions and target.can_kill
-            else "needs PROCESS and KILL rights (pass --admin-dsn)",
+            skipped=None if target.can_kill else "needs KILL rights (pass --admin-dsn)",
         )
     )
     phases.append(
         Phase(
             "kill",
             "sessions killed",
+            "KILL all",
             kill_s,
             _kill_all(restore_wait_timeout=managed),
             at=0.2 if quick else 0.5,
@@ -481,6 +512,7 @@ def schedule(target: Target, *, quick: bool, threads: int) -> list[Phase]:
         Phase(
             "blackhole",
             f"blackhole ({hole_s:g}s)",
+            "blackhole",
             hole_at + hole_s + hole_tail,
             _blackhole(hole_s),
             at=hole_at,

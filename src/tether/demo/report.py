@@ -19,6 +19,7 @@ __all__ = ["DemoResult", "PhaseRecord", "VariantRun", "phase_table", "results_ta
 class PhaseRecord:
     key: str
     title: str
+    short: str  # for the chart
     start: float  # seconds since the variant's run started
     end: float
     log: list[str] = field(default_factory=list)
@@ -150,25 +151,32 @@ def results_table(result: DemoResult) -> Table:
         caption=(
             "errors surfaced: exceptions that reached the application (visible, handleable);"
             " in doubt: tether.OutcomeUnknown among them; hung: requests still blocked when"
-            " the run ended. Lost silently: the application was told 'committed' and the row"
-            " is not there. Failed yet written: told 'failed', the row is there."
+            " the run ended (counted in the longest stall, not in the errors). Lost silently:"
+            " the application was told 'committed' and the row is not there. Failed, yet"
+            " written: told 'failed', the row is there. Conns left open: the application's"
+            " sessions still on the server after it closed its pool (those of hung requests"
+            " included)."
         ),
         caption_justify="left",
     )
     for header, justify in (
         ("variant", "left"),
-        ("requests ok", "right"),
-        ("errors surfaced", "right"),
-        ("in doubt", "right"),
-        ("hung at end", "right"),
-        ("longest stall", "right"),
-        ("writes lost silently", "right"),
-        ("dupli- cated", "right"),
-        ("half- committed", "right"),
-        ("failed yet written", "right"),
-        ("conns left open", "right"),
+        ("requests\nok", "right"),
+        ("errors\nsurfaced", "right"),
+        ("of them\nin doubt", "right"),
+        ("hung\nat end", "right"),
+        ("longest\nstall", "right"),
+        ("writes lost\nsilently", "right"),
+        ("dupli-\ncated", "right"),
+        ("half-\ncommitted", "right"),
+        ("failed, yet\nwritten", "right"),
+        ("conns left\nopen", "right"),
     ):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        table.add_column(
+            header,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=header == "variant",
+        )
     for v in result.variants:
         if v.failure is not None:
             table.add_row(v.title, f"[red]did not run: {v.failure}[/red]", *([""] * 9))
@@ -200,7 +208,7 @@ def phase_table(result: DemoResult) -> Table:
     table = Table(
         title="Errors surfaced per phase (longest stall)", title_justify="left", show_lines=False
     )
-    table.add_column("variant")
+    table.add_column("variant", no_wrap=True)
     for title in titles:
         table.add_column(title, justify="right")
     for v in result.variants:
@@ -224,9 +232,23 @@ def phase_table(result: DemoResult) -> Table:
 # ----------------------------------------------------------------------------- chart
 
 
+def _series(v: VariantRun, bins: int, bin_s: float) -> tuple[list[float], list[float]]:
+    """Errors and completed requests per second, by when the application heard back."""
+    errors = [0.0] * bins
+    done = [0.0] * bins
+    for o in v.outcomes:
+        b = min(bins - 1, max(0, int(o.end / bin_s)))
+        if o.error is None:
+            done[b] += 1 / bin_s
+        elif o.verdict != "hung":
+            errors[b] += 1 / bin_s
+    return errors, done
+
+
 def timeline(result: DemoResult, path: Path) -> Path:
-    """One subplot per variant: errors per second over the run, fault phases shaded,
-    completed requests per second in grey, silently lost writes marked."""
+    """One row per variant: errors per second over the run (red), requests completed per
+    second (grey), fault phases shaded, requests hung until the end (purple). The scales are
+    the same on every row, so rows compare at a glance."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -234,48 +256,59 @@ def timeline(result: DemoResult, path: Path) -> Path:
 
     runs = [v for v in result.variants if v.failure is None]
     rows = max(1, len(runs))
-    fig, axes_grid = plt.subplots(rows, 1, figsize=(12, 1.9 * rows + 1.2), sharex=True, squeeze=False)
+    fig, axes_grid = plt.subplots(
+        rows, 1, figsize=(12, 1.9 * rows + 1.2), sharex=True, squeeze=False
+    )
     axes = [row[0] for row in axes_grid]
     shades = ["#f4f4f4", "#e3ecf7"]
     horizon = max((v.elapsed for v in runs), default=1.0)
     bin_s = 0.5
     bins = int(horizon / bin_s) + 2
     xs = [i * bin_s for i in range(bins)]
-    for ax, v in zip(axes, runs, strict=False):
-        for i, p in enumerate(v.phases):
-            ax.axvspan(p.start, p.end, color=shades[i % 2], zorder=0, lw=0)
-            if ax is axes[0]:
-                ax.text(
-                    (p.start + p.end) / 2,
-                    1.04,
-                    p.title,
-                    transform=ax.get_xaxis_transform(),
-                    ha="center",
-                    va="bottom",
-                    fontsize=7,
-                    rotation=15,
-                )
-        errors = [0.0] * bins
-        done = [0.0] * bins
-        for o in v.outcomes:
-            b = min(bins - 1, max(0, int(o.end / bin_s)))
-            if o.error is None:
-                done[b] += 1 / bin_s
-            elif o.verdict != "hung":
-                errors[b] += 1 / bin_s
+    series = [_series(v, bins, bin_s) for v in runs]
+    top_errors = max((max(e) for e, _ in series), default=0.0) * 1.3 + 1.0  # room for labels
+    top_done = max((max(d) for _, d in series), default=0.0) * 1.05 + 1.0
+    for ax, v, (errors, done) in zip(axes, runs, series, strict=False):
+        # The twin axis (requests done) lies under the errors axis: shade the phases on it,
+        # so nothing covers the grey throughput.
         twin = ax.twinx()
-        twin.fill_between(xs, done, step="post", color="#9a9a9a", alpha=0.25, lw=0, zorder=1)
-        twin.set_ylabel("ok/s", fontsize=7, color="#777777")
-        twin.tick_params(labelsize=7, colors="#777777")
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
+        for i, p in enumerate(v.phases):
+            twin.axvspan(p.start, p.end, color=shades[i % 2], zorder=0, lw=0)
+            ax.text(
+                (p.start + p.end) / 2,
+                0.97,
+                p.short,
+                transform=ax.get_xaxis_transform(),
+                ha="center",
+                va="top",
+                fontsize=6.5,
+                color="#555555",
+            )
+        twin.fill_between(xs, done, step="post", color="#9a9a9a", alpha=0.35, lw=0, zorder=1)
+        twin.set_ylim(0, top_done)
+        twin.set_ylabel("ok/s", fontsize=7, color="#777777")
+        twin.tick_params(labelsize=7, colors="#777777")
         ax.step(xs, errors, where="post", color="#c0392b", lw=1.4, zorder=3)
         ax.set_ylabel("errors/s", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top_errors)
         hung = [o for o in v.outcomes if o.verdict == "hung"]
-        for o in hung:
-            ax.plot([o.start, o.end], [0, 0], color="#8e44ad", lw=4, alpha=0.35, zorder=4)
+        if hung:
+            first = min(o.start for o in hung)
+            end = max(o.end for o in hung)
+            ax.axvspan(first, end, ymin=0.0, ymax=0.12, color="#8e44ad", alpha=0.45, lw=0, zorder=4)
+            ax.text(
+                end,
+                0.14,
+                f"{len(hung)} hung until the end ",
+                transform=ax.get_xaxis_transform(),
+                ha="right",
+                va="bottom",
+                fontsize=7,
+                color="#6c3483",
+            )
         a = v.audit
         ax.set_title(
             f"{v.title}: {v.requests} ok, {v.errors} errors surfaced, {v.hung_at_end} hung at"
@@ -285,8 +318,8 @@ def timeline(result: DemoResult, path: Path) -> Path:
             loc="left",
         )
     axes[-1].set_xlabel(
-        "seconds into the variant's run (shaded: fault phases; purple bars: requests hung until"
-        " the end; grey: requests completed per second)",
+        "seconds into the variant's run (shaded: fault phases; red: errors per second; grey:"
+        " requests completed per second; purple: requests hung until the end)",
         fontsize=8,
     )
     fig.suptitle(

@@ -27,8 +27,8 @@ __all__ = [
     "Endpoint",
     "Tables",
     "Variant",
-    "error_kind",
     "errno_of",
+    "error_kind",
 ]
 
 
@@ -74,7 +74,11 @@ class Tables:
 
     @property
     def insert(self) -> str:
-        return f"INSERT INTO {self.ledger} (request_id, slot) VALUES (%s, %s)"
+        # The session id lets the demo find (and kill) a transaction by its request id.
+        return (
+            f"INSERT INTO {self.ledger} (request_id, slot, session)"
+            " VALUES (%s, %s, CONNECTION_ID())"
+        )
 
     @property
     def update(self) -> str:
@@ -291,7 +295,8 @@ class SQLAlchemyPrePing(Variant):
         self.engine = create_engine(endpoint.url(scheme), pool_pre_ping=True)
         self._select = text(tables.select.replace("%s", ":key"))
         self._insert = text(
-            f"INSERT INTO {tables.ledger} (request_id, slot) VALUES (:request_id, :slot)"
+            f"INSERT INTO {tables.ledger} (request_id, slot, session)"
+            " VALUES (:request_id, :slot, CONNECTION_ID())"
         )
         self._update = text(f"UPDATE {tables.counters} SET n = n + 1 WHERE slot = :slot")
 

@@ -10,19 +10,33 @@ writes really happened (:func:`audit`).
 
 from __future__ import annotations
 
+import functools
 import itertools
+import queue
 import random
+import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import tether
 
 from .variants import Endpoint, Tables, Variant, driver_module, error_kind
 
-__all__ = ["ITEMS", "Audit", "Outcome", "Workload", "audit", "create_tables", "drop_tables"]
+__all__ = [
+    "ITEMS",
+    "Audit",
+    "Outcome",
+    "PhaseStats",
+    "Workload",
+    "audit",
+    "create_items",
+    "create_ledger",
+    "drop_tables",
+    "phase_stats",
+]
 
 ITEMS = 1000  # rows in the read table
 _ids = itertools.count(1)  # request ids, unique across the whole run
@@ -89,7 +103,11 @@ class Workload:
         self._go = threading.Event()
         self._go.set()
         self._stop = threading.Event()
-        self._frozen = False
+        self._frozen = threading.Event()  # set under the lock
+        # The hook for killing a session inside a transaction: a write that takes a ticket
+        # stops between its INSERT and its UPDATE, announces itself and waits to be killed.
+        self._tickets = 0
+        self._held: queue.Queue[tuple[int, threading.Event]] = queue.Queue()
         self._workers = [
             threading.Thread(target=self._loop, args=(n,), name=f"tether-demo-{n}", daemon=True)
             for n in range(threads)
@@ -122,6 +140,31 @@ class Workload:
     def resume(self) -> None:
         self._go.set()
 
+    def hold_writes(self, count: int) -> None:
+        """Let the next ``count`` writes stop inside their transaction (after the INSERT)
+        until :meth:`next_held`'s caller has done with them."""
+        with self._lock:
+            self._tickets = count
+
+    def next_held(self, timeout: float) -> tuple[int, threading.Event] | None:
+        """The request id of a write stopped inside its transaction, and the event that
+        lets it go on; None if none came within ``timeout`` seconds."""
+        try:
+            return self._held.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+
+    def _work(self, request_id: int) -> None:
+        time.sleep(self.tx_work)
+        with self._lock:
+            held = self._tickets > 0 and not self._frozen.is_set()
+            if held:
+                self._tickets -= 1
+        if held:
+            release = threading.Event()
+            self._held.put((request_id, release))
+            release.wait(2.0)  # bounded: a fault that gives up must not stall the thread
+
     def stalled(self, longer_than: float) -> int:
         """How many requests have been in flight longer than ``longer_than`` seconds."""
         now = time.monotonic()
@@ -141,7 +184,7 @@ class Workload:
                     break
             time.sleep(0.01)
         with self._lock:
-            self._frozen = True
+            self._frozen.set()
             end = self.now()
             hung = list(self._in_flight.items())
             for slot, (start, write, request_id, phase) in hung:
@@ -150,18 +193,28 @@ class Workload:
                 )
         return len(hung)
 
-    def join(self, timeout: float) -> int:
-        """Wait up to ``timeout`` seconds for the workers to end. Returns how many did not."""
+    def join(self, timeout: float) -> list[str]:
+        """Wait up to ``timeout`` seconds for the workers to end. Returns where each one that
+        did not is (its innermost function), for the report."""
         deadline = time.monotonic() + timeout
         for worker in self._workers:
             worker.join(max(0.0, deadline - time.monotonic()))
-        return sum(1 for w in self._workers if w.is_alive())
+        frames = sys._current_frames()
+        where = []
+        for worker in self._workers:
+            frame = frames.get(worker.ident or -1)
+            if not worker.is_alive() or frame is None:
+                continue
+            code = frame.f_code
+            where.append(
+                f"{Path(code.co_filename).parent.name}/{Path(code.co_filename).name}:{code.co_name}"
+            )
+        return where
 
     # -- the workers
 
     def _loop(self, slot: int) -> None:
         rnd = random.Random(self.seed * 1000 + slot)
-        work: Callable[[], None] = lambda: time.sleep(self.tx_work)  # noqa: E731
         while not self._stop.is_set():
             if not self._go.wait(0.05):
                 continue
@@ -175,14 +228,14 @@ class Workload:
             phase = self.phase
             start = self.now()
             with self._lock:
-                if self._frozen:
+                if self._frozen.is_set():
                     break
                 self._in_flight[slot] = (start, write, request_id, phase)
             error: str | None = None
             try:
                 if write:
-                    assert request_id is not None
-                    variant.write(request_id, slot, work)
+                    rid = request_id or 0
+                    variant.write(rid, slot, functools.partial(self._work, rid))
                     verdict = "committed"
                 else:
                     variant.read(rnd.randint(1, ITEMS))
@@ -196,7 +249,7 @@ class Workload:
             end = self.now()
             with self._lock:
                 self._in_flight.pop(slot, None)
-                if self._frozen:
+                if self._frozen.is_set():
                     break
                 self.outcomes.append(
                     Outcome(slot, write, start, end, phase, error, verdict, request_id)
@@ -223,30 +276,38 @@ def _direct(endpoint: Endpoint) -> Any:
     )
 
 
-def create_tables(endpoint: Endpoint, tables: Tables, *, threads: int, items: bool) -> None:
-    """A fresh ledger and counters for one variant (and the read table, once per run)."""
+def create_items(endpoint: Endpoint, table: str) -> None:
+    """The table the reads use, once per run."""
     conn = _direct(endpoint)
     try:
         cur = conn.cursor()
-        if items:
-            cur.execute(f"DROP TABLE IF EXISTS {tables.items}")
-            cur.execute(
-                f"CREATE TABLE {tables.items} (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL,"
-                " qty INT NOT NULL) ENGINE=InnoDB"
-            )
-            cur.executemany(
-                f"INSERT INTO {tables.items} VALUES (%s, %s, %s)",
-                [(i, f"item-{i}", i % 97) for i in range(1, ITEMS + 1)],
-            )
+        cur.execute(f"DROP TABLE IF EXISTS {table}")
+        cur.execute(
+            f"CREATE TABLE {table} (id INT PRIMARY KEY, name VARCHAR(40) NOT NULL,"
+            " qty INT NOT NULL) ENGINE=InnoDB"
+        )
+        cur.executemany(
+            f"INSERT INTO {table} VALUES (%s, %s, %s)",
+            [(i, f"item-{i}", i % 97) for i in range(1, ITEMS + 1)],
+        )
+    finally:
+        conn.close()
+
+
+def create_ledger(endpoint: Endpoint, tables: Tables, *, threads: int) -> None:
+    """A fresh ledger and counters for one variant."""
+    conn = _direct(endpoint)
+    try:
+        cur = conn.cursor()
         cur.execute(f"DROP TABLE IF EXISTS {tables.ledger}, {tables.counters}")
         # No unique key on request_id on purpose: a write applied twice must show as two rows.
         cur.execute(
             f"CREATE TABLE {tables.ledger} (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
-            " request_id BIGINT NOT NULL, slot INT NOT NULL, KEY (request_id)) ENGINE=InnoDB"
+            " request_id BIGINT NOT NULL, slot INT NOT NULL, session BIGINT NOT NULL,"
+            " KEY (request_id)) ENGINE=InnoDB"
         )
         cur.execute(
-            f"CREATE TABLE {tables.counters} (slot INT PRIMARY KEY, n INT NOT NULL)"
-            " ENGINE=InnoDB"
+            f"CREATE TABLE {tables.counters} (slot INT PRIMARY KEY, n INT NOT NULL) ENGINE=InnoDB"
         )
         cur.executemany(
             f"INSERT INTO {tables.counters} VALUES (%s, 0)", [(s,) for s in range(threads)]
@@ -329,4 +390,3 @@ def phase_stats(outcomes: list[Outcome], phases: int) -> list[PhaseStats]:
             s.errors += 1
             s.kinds[o.error] = s.kinds.get(o.error, 0) + 1
     return stats
-
