@@ -5,7 +5,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tether-installed
 
-.PHONY: demo test lint system-deps clean bench bench-quick
+.PHONY: demo test lint system-deps clean bench bench-quick bench-web
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh
@@ -33,6 +33,10 @@ test: system-deps $(STAMP) lint
 bench: $(STAMP)
 	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
+
+bench-web: $(STAMP)
+	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh bench
+	$(BIN)/python bench/web.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)

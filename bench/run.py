@@ -579,7 +579,9 @@ def report(
         lines.append("|" + "---|" * len(web["columns"]))
         for row in web["rows"]:
             lines.append("| " + " | ".join(str(x) for x in row) + " |")
-        lines += ["", *web.get("notes", []), ""]
+        lines.append("")
+        for note in web.get("notes", []):
+            lines += [note, ""]
     elif web_note:
         lines += ["## Web", "", web_note, ""]
     return "\n".join(lines)
@@ -641,7 +643,7 @@ def main(argv: list[str] | None = None) -> int:
                 sys.path.insert(0, str(HERE))
                 from web import run_web_bench  # type: ignore[import-not-found]
 
-                web = run_web_bench(quick=quick, server=server)
+                web = run_web_bench(quick=quick, server=server, output=output)
             except Exception as exc:  # the micro results stand on their own
                 web_note = f"The web benchmark did not run: {type(exc).__name__}: {exc}"
         else:

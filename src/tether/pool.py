@@ -54,6 +54,7 @@ IDLE, IN_USE, BUSY, CLOSED = "idle", "in use", "busy", "closed"
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 30, 5, 3, 15_000
 
 _pool_counter = itertools.count(1)
+_fork_lock = threading.Lock()
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
 
@@ -468,6 +469,12 @@ class Pool:
     def _checkout(self, timeout: float) -> _Entry:
         if timeout <= 0:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if os.getpid() != self._pid:
+            # Forked without os.register_at_fork hooks running (uWSGI forks from C): drop
+            # the parent's connections now, before any is handed out.
+            with _fork_lock:
+                if os.getpid() != self._pid:
+                    self._after_fork_in_child()
         start = _monotonic()
         deadline = start + timeout
         waited = False

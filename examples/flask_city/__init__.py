@@ -1,0 +1,1 @@
+"""The classic Flask city lookup, served four ways (see README.md)."""
