@@ -188,6 +188,7 @@ class MariaDBServer:
             return
         if not self.datadir.exists():
             shutil.copytree(_template_dir(self._mariadbd), self.datadir, symlinks=True)
+            self._provisioned = False  # a fresh copy has no application user yet
         args = [
             self._mariadbd,
             "--no-defaults",
@@ -215,6 +216,7 @@ class MariaDBServer:
                 start_new_session=True,  # a Ctrl-C in the terminal must not reach it first
             )
             _running.add(self)
+            _install_sigterm_cleanup()
             try:
                 self._wait_ready(deadline)
                 break
@@ -486,3 +488,18 @@ def _stop_all() -> None:
     for server in list(_running):
         with contextlib.suppress(Exception):
             server.stop(timeout=10)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # SIGTERM (a CI timeout, a kill) skips atexit: stop our servers, then die as asked.
+    _stop_all()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _install_sigterm_cleanup() -> None:
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _on_sigterm)
