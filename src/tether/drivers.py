@@ -145,8 +145,17 @@ class Driver:
             raw.close()
 
     def abandon(self, raw: Any) -> None:
-        """Drop a connection without sending a byte (a forked child's inherited socket)."""
-        raise NotImplementedError
+        """Drop a connection without sending a byte (a forked child's inherited socket):
+        the descriptor is pointed at a blank socket first, so whatever the driver sends while
+        closing (mysqlclient: QUIT) goes nowhere."""
+        fd = self.fileno(raw)
+        if fd >= 0:
+            neuter_fd(fd)
+        with contextlib.suppress(Exception):
+            self._drop(raw)
+
+    def _drop(self, raw: Any) -> None:
+        raw.close()
 
     def thread_id(self, raw: Any) -> int:
         return int(raw.thread_id())
@@ -332,13 +341,9 @@ class PyMySQLDriver(Driver):
             result.unbuffered_active = False
         super().close(raw)
 
-    def abandon(self, raw: Any) -> None:
-        fd = self.fileno(raw)
-        if fd >= 0:
-            neuter_fd(fd)
+    def _drop(self, raw: Any) -> None:
         # _force_close drops the socket without QUIT (and is what PyMySQL's __del__ does).
-        with contextlib.suppress(Exception):
-            raw._force_close()
+        raw._force_close()
 
 
 class _LibMariaDB:
@@ -465,15 +470,6 @@ class MySQLClientDriver(Driver):
 
     def is_unbuffered(self, cursor: Any) -> bool:
         return isinstance(cursor, self.module.cursors.CursorUseResultMixIn)
-
-    def abandon(self, raw: Any) -> None:
-        # mysqlclient's close (and its deallocator) sends QUIT on the socket; pointing the
-        # descriptor at a blank socket first makes that QUIT go nowhere.
-        fd = self.fileno(raw)
-        if fd >= 0:
-            neuter_fd(fd)
-        with contextlib.suppress(Exception):
-            raw.close()
 
 
 _drivers: dict[str, Driver] = {}
