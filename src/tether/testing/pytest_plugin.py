@@ -1,43 +1,66 @@
-"""pytest fixtures: ``mariadb`` (one private server per test session), ``db`` (the same,
-cleaned for each test), ``mariadb_factory`` (dedicated servers a test may hurt),
-``fault_proxy`` (a FaultProxy factory) and ``driver`` (both drivers)."""
+"""pytest fixtures for tests against a real, private MariaDB.
+
+- ``mariadb``: one private server for the whole test session.
+- ``db``: that server, cleaned (:meth:`MariaDBServer.reset`) before and after each test, and
+  started again if a test stopped it.
+- ``mariadb_factory``: ``make(options=..., max_user_connections=...)`` gives a dedicated
+  server a test may hurt (restart, SIGKILL, tiny limits); all are stopped at teardown.
+- ``fault_proxy``: ``make(server)`` gives a started :class:`FaultProxy` in front of it,
+  closed at teardown.
+- ``driver``: each test runs once per driver, ``"pymysql"`` and ``"mysqlclient"`` (skipped
+  when the driver is not installed).
+
+Load with ``pytest_plugins = ["tether.testing.pytest_plugin"]`` in a conftest, or
+``pytest -p tether.testing.pytest_plugin``.
+"""
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
 
+from . import DRIVERS
 from .proxy import FaultProxy
 from .server import MariaDBServer
 
-DRIVERS = ["pymysql", "mysqlclient"]
+__all__ = ["db", "driver", "fault_proxy", "mariadb", "mariadb_factory"]
+
+_DRIVER_MODULES = {"pymysql": "pymysql", "mysqlclient": "MySQLdb"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # The markers tests using these fixtures carry; registered so --strict-markers passes in
+    # projects that load only the plugin.
+    config.addinivalue_line("markers", "slow: takes more than a few seconds")
+    config.addinivalue_line("markers", "faults: injects faults into a private MariaDB")
 
 
 @pytest.fixture(scope="session")
 def mariadb() -> Iterator[MariaDBServer]:
-    server = MariaDBServer(name="shared-test-server")
-    server.start()
-    try:
+    """One private server for the test session (default options)."""
+    with MariaDBServer(name="tether-test-shared") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def db(mariadb: MariaDBServer) -> Iterator[MariaDBServer]:
-    if not mariadb.is_running():  # a test stopped it: bring it back for the next ones
+    """The shared server, clean: no sessions but root's, an empty application database,
+    globals as at start, no extra users."""
+    if not mariadb.is_running():  # an earlier test stopped or killed it: bring it back
         mariadb.start()
     mariadb.reset()
     yield mariadb
-    if mariadb.is_running():
-        mariadb.reset()
+    if not mariadb.is_running():
+        mariadb.start()
+    mariadb.reset()  # also here, so a test's sessions and globals never outlive it
 
 
 @pytest.fixture
 def mariadb_factory() -> Iterator[Callable[..., MariaDBServer]]:
+    """``make(options=None, *, max_user_connections=None, **kwargs)``: a started dedicated
+    server; every one is stopped (and its files removed) at teardown."""
     servers: list[MariaDBServer] = []
 
     def make(
@@ -46,33 +69,45 @@ def mariadb_factory() -> Iterator[Callable[..., MariaDBServer]]:
         max_user_connections: int | None = None,
         **kwargs: Any,
     ) -> MariaDBServer:
+        kwargs.setdefault("name", f"tether-test-{len(servers) + 1}")
         server = MariaDBServer(options=options, max_user_connections=max_user_connections, **kwargs)
         servers.append(server)
         server.start()
         return server
 
     yield make
+    errors: list[BaseException] = []
     for server in servers:
-        with contextlib.suppress(Exception):
+        try:
             server.stop()
+        except Exception as exc:  # stop the others all the same, then report
+            errors.append(exc)
+    if errors:
+        raise errors[0]
 
 
 @pytest.fixture
-def fault_proxy() -> Iterator[Callable[[MariaDBServer], FaultProxy]]:
+def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
+    """``make(server_or_address)``: a started :class:`FaultProxy` in front of a
+    :class:`MariaDBServer` (or a ``(host, port)``); all are closed at teardown."""
     proxies: list[FaultProxy] = []
 
-    def make(server: MariaDBServer) -> FaultProxy:
-        proxy = FaultProxy(server.host, server.port).start()
+    def make(target: MariaDBServer | tuple[str, int], **kwargs: Any) -> FaultProxy:
+        if isinstance(target, MariaDBServer):
+            proxy = FaultProxy.in_front_of(target, **kwargs)
+        else:
+            proxy = FaultProxy(target[0], target[1], **kwargs)
         proxies.append(proxy)
-        return proxy
+        return proxy.start()
 
     yield make
     for proxy in proxies:
         proxy.close()
 
 
-@pytest.fixture(params=DRIVERS)
+@pytest.fixture(params=DRIVERS, ids=DRIVERS)
 def driver(request: pytest.FixtureRequest) -> str:
+    """Each driver name in turn."""
     name: str = request.param
-    pytest.importorskip("pymysql" if name == "pymysql" else "MySQLdb")
+    pytest.importorskip(_DRIVER_MODULES[name])
     return name
