@@ -3,7 +3,7 @@ variant. No timing is asserted here; speed is measured and reported by bench/run
 
 from __future__ import annotations
 
-import re
+import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -11,38 +11,78 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
+VARIANTS = (
+    "raw held connection",
+    "connect per request",
+    "connect per request, TLS off",
+    "DBUtils PersistentDB",
+    "DBUtils PooledDB",
+    "SQLAlchemy QueuePool",
+    "SQLAlchemy QueuePool pre_ping",
+    "tether Pool",
+    "tether ThreadLocalPool",
+)
+POOLS = (
+    "tether Pool",
+    "tether ThreadLocalPool",
+    "DBUtils PersistentDB",
+    "DBUtils PooledDB",
+    "SQLAlchemy QueuePool",
+    "SQLAlchemy QueuePool pre_ping",
+)
+
+
+def section(text: str, heading: str) -> list[list[str]]:
+    """The table rows (cells stripped) of the ``## heading`` section."""
+    body = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return [
+        [cell.strip() for cell in line.strip().strip("|").split("|")]
+        for line in body.splitlines()
+        if line.startswith("| ") and not line.startswith("|---")
+    ]
+
+
+def number(cell: str) -> float:
+    return float(cell.replace(",", "").split()[0])
+
+
+def digest(path: Path) -> str | None:
+    return hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
 
 
 @pytest.mark.slow
 def test_quick_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
+    committed = ROOT / "bench" / "RESULTS.md"
+    before = digest(committed)
     result = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--output", str(tmp_path)],
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=280,
         check=False,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert digest(committed) == before, "a quick run must not replace bench/RESULTS.md"
+
     text = (tmp_path / "RESULTS.md").read_text()
-    assert (tmp_path / "ratios-quick.png").stat().st_size > 1000
-    assert "python bench/run.py --quick" in text
-    for variant in (
-        "raw held connection",
-        "connect per request",
-        "DBUtils PersistentDB",
-        "DBUtils PooledDB",
-        "SQLAlchemy QueuePool",
-        "tether Pool",
-        "tether ThreadLocalPool",
-    ):
-        rows = [line for line in text.splitlines() if line.startswith(f"| {variant} |")]
-        assert rows, f"no row for {variant}"
-        # queries/s of the throughput rows are positive numbers
-        qps = [
-            float(m.group(1).replace(",", ""))
-            for line in rows
-            if (m := re.match(r"\| [^|]+ \| ([\d,]+) \| [\d.]+ \|", line))
-        ]
-        assert qps and all(q > 0 for q in qps), rows
-    assert "## Targets" in text and "Check out + give back alone" in text
-    assert not (ROOT / "bench" / "ratios-quick.png").exists() or tmp_path == ROOT / "bench"
+    assert "bench/run.py --quick" in text
+    for chart in ("ratios.png", "costs.png"):
+        assert (tmp_path / chart).stat().st_size > 1000
+
+    # A row per variant and driver at each thread count, with positive queries/s.
+    throughput = section(text, "Throughput")
+    for variant in VARIANTS:
+        rows = [row for row in throughput if row[0] == variant]
+        assert len(rows) == 4, f"{variant}: {rows}"  # 2 drivers x 2 thread counts
+        assert all(number(row[1]) > 0 and number(row[2]) >= 0 for row in rows), rows
+
+    acquire = {row[0]: row[1:] for row in section(text, "Check-out + give-back alone")}
+    for pool in POOLS:
+        assert pool in acquire and all(number(x) > 0 for x in acquire[pool]), acquire
+    connect = section(text, "Connect cost")
+    assert len(connect) >= 4 and all(number(x) > 0 for row in connect[1:] for x in row[1:])
+
+    targets = section(text, "Targets")
+    assert {row[-1] for row in targets[1:]} <= {"met", "**MISSED**"}
+    assert "## Where the time goes" in text
+    assert "## Web" in text

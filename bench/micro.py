@@ -1,0 +1,593 @@
+"""The micro benchmark: one request (check out, SELECT a row by primary key, fetch, give back)
+through a raw held connection, connect-per-request, DBUtils, SQLAlchemy and tether, plus the
+cost of a check-out alone, of a connect, and where tether's time goes.
+
+Every way of serving the request is a small :class:`Variant` with ``setup``, ``checkout``
+(or ``request``) and ``teardown``; everything else is shared.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import cProfile
+import pstats
+import random
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+from common import (
+    POOL_SIZE,
+    QUERY,
+    ROWS,
+    ConnectionCounter,
+    connect_kwargs,
+    driver_module,
+    median,
+    process_cpu,
+    sqlalchemy_url,
+)
+
+import tether
+from tether.testing import MariaDBServer
+
+WARMUP_TIMEOUT = 60.0  # every thread's first request (its connect) must be done by then
+JOIN_GRACE = 30.0  # past the cell's end, for a request in flight
+MAX_REQUESTS = 1_000_000  # per thread and cell: a bound on the loop besides time
+_rng = random.Random(7)
+KEYS = [_rng.randint(1, ROWS) for _ in range(4096)]  # the ids asked for, the same every run
+
+
+def query(conn: Any, key: int) -> Any:
+    """The request's work on a connection, the same for every variant."""
+    cur = conn.cursor()
+    try:
+        cur.execute(QUERY, (key,))
+        return cur.fetchone()
+    finally:
+        cur.close()
+
+
+# ----------------------------------------------------------------------------- variants
+
+
+class Variant:
+    """One way of serving the request. ``checkout()`` is a context manager yielding a DB-API
+    connection; ``request(key)`` runs the query on one."""
+
+    name = "?"
+
+    def __init__(self, server: MariaDBServer, driver: str) -> None:
+        self.server, self.driver = server, driver
+        self.module = driver_module(driver)
+        self.kwargs = connect_kwargs(server, driver)
+
+    def setup(self) -> None:
+        pass
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        raise NotImplementedError
+
+    def request(self, key: int) -> None:
+        with self.checkout() as conn:
+            query(conn, key)
+
+    def teardown(self) -> None:
+        pass
+
+
+class Raw(Variant):
+    """A connection opened once per thread and held: no pool at all, the limit."""
+
+    name = "raw held connection"
+
+    def setup(self) -> None:
+        self.local = threading.local()
+        self.conns: list[Any] = []
+        self.lock = threading.Lock()
+
+    def connection(self) -> Any:
+        conn = getattr(self.local, "conn", None)
+        if conn is None:
+            conn = self.local.conn = self.module.connect(**self.kwargs)
+            with self.lock:
+                self.conns.append(conn)
+        return conn
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext(self.connection())
+
+    def request(self, key: int) -> None:
+        query(self.connection(), key)
+
+    def teardown(self) -> None:
+        for conn in self.conns:
+            with contextlib.suppress(Exception):
+                conn.close()
+
+
+class ConnectPerRequest(Variant):
+    name = "connect per request"
+    tls = True
+
+    def setup(self) -> None:
+        self.connect = partial(
+            self.module.connect, **connect_kwargs(self.server, self.driver, tls=self.tls)
+        )
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return contextlib.closing(self.connect())
+
+
+class ConnectPerRequestNoTLS(ConnectPerRequest):
+    name = "connect per request, TLS off"
+    tls = False
+
+
+class DBUtilsPersistent(Variant):
+    """One connection per thread, pinged on every ``connection()`` (``ping=1``, the default);
+    ``close()`` is a no-op, as the DBUtils docs use it."""
+
+    name = "DBUtils PersistentDB"
+
+    def setup(self) -> None:
+        from dbutils.persistent_db import PersistentDB
+
+        self.pool = PersistentDB(self.module, **self.kwargs)
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return contextlib.closing(self.pool.connection())
+
+
+class DBUtilsPooled(DBUtilsPersistent):
+    """Defaults (``ping=1``, ``reset=True``: a rollback on every return) except the bound,
+    16 connections, and ``blocking=True`` so that a 17th thread waits instead of failing."""
+
+    name = "DBUtils PooledDB"
+
+    def setup(self) -> None:
+        from dbutils.pooled_db import PooledDB
+
+        self.pool = PooledDB(self.module, maxconnections=POOL_SIZE, blocking=True, **self.kwargs)
+
+    def teardown(self) -> None:
+        self.pool.close()
+
+
+class SQLAlchemyQueuePool(Variant):
+    """``engine.raw_connection()``: SQLAlchemy's leanest pooled path (the pool's check-out and
+    reset-on-return rollback, no statement layer). Defaults otherwise."""
+
+    name = "SQLAlchemy QueuePool"
+    pre_ping = False
+
+    def setup(self) -> None:
+        from sqlalchemy import create_engine
+
+        self.engine = create_engine(
+            sqlalchemy_url(self.server, self.driver),
+            pool_size=POOL_SIZE,
+            max_overflow=0,
+            pool_pre_ping=self.pre_ping,
+        )
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return contextlib.closing(self.engine.raw_connection())
+
+    def teardown(self) -> None:
+        self.engine.dispose()
+
+
+class SQLAlchemyPrePing(SQLAlchemyQueuePool):
+    name = "SQLAlchemy QueuePool pre_ping"
+    pre_ping = True
+
+
+class SQLAlchemyCore(SQLAlchemyQueuePool):
+    """``engine.connect()``, what most applications use (check-out only, for comparison)."""
+
+    name = "SQLAlchemy engine.connect()"
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return self.engine.connect()
+
+
+class TetherPool(Variant):
+    """Defaults, every safety on: socket poll on check-out, ping after 1 s idle, lifetimes,
+    status check on return, watchdog."""
+
+    name = "tether Pool"
+    cls: type[tether.Pool] = tether.Pool
+
+    def setup(self) -> None:
+        self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE)
+
+    def checkout(self) -> AbstractContextManager[Any]:
+        return self.pool.connection()
+
+    def teardown(self) -> None:
+        self.pool.close()
+
+
+class TetherThreadLocal(TetherPool):
+    name = "tether ThreadLocalPool"
+    cls = tether.ThreadLocalPool
+
+
+VARIANTS: list[type[Variant]] = [
+    Raw,
+    ConnectPerRequest,
+    ConnectPerRequestNoTLS,
+    DBUtilsPersistent,
+    DBUtilsPooled,
+    SQLAlchemyQueuePool,
+    SQLAlchemyPrePing,
+    TetherPool,
+    TetherThreadLocal,
+]
+POOLS: list[type[Variant]] = [
+    TetherPool,
+    TetherThreadLocal,
+    DBUtilsPersistent,
+    DBUtilsPooled,
+    SQLAlchemyQueuePool,
+    SQLAlchemyPrePing,
+    SQLAlchemyCore,
+]
+
+
+@contextlib.contextmanager
+def running(variant: Variant) -> Iterator[Variant]:
+    variant.setup()
+    try:
+        yield variant
+    finally:
+        variant.teardown()
+
+
+# ----------------------------------------------------------------------------- throughput
+
+
+@dataclass
+class Sample:
+    """One cell: one variant, one driver, one thread count, one round."""
+
+    qps: float
+    p50_us: float
+    p99_us: float
+    cpu_us: float  # this process's CPU time per request (all threads)
+    server_cpu_us: float  # the server's CPU time per request
+    opened: int  # connects the server accepted during the cell, warm-up included
+    errors: int
+    first_error: str | None
+
+
+def run_cell(variant: Variant, threads: int, seconds: float, counter: ConnectionCounter) -> Sample:
+    """Every thread makes one request to warm up (its connect, outside the clock), then all
+    start together and run requests for ``seconds``."""
+    latencies: list[list[float]] = [[] for _ in range(threads)]
+    errors = [0] * threads
+    finished = [0.0] * threads
+    first_error: list[str] = []
+    barrier = threading.Barrier(threads + 1)
+
+    def fail(n: int, exc: Exception) -> None:
+        errors[n] += 1
+        if not first_error:
+            first_error.append(f"{type(exc).__name__}: {exc}")
+
+    def worker(n: int) -> None:
+        request, perf, out = variant.request, time.perf_counter, latencies[n]
+        keys, i = KEYS, n * 97
+        try:
+            request(keys[i & 4095])
+        except Exception as exc:
+            fail(n, exc)
+        try:
+            barrier.wait(WARMUP_TIMEOUT)
+        except threading.BrokenBarrierError:
+            return
+        end = perf() + seconds
+        t1 = 0.0
+        while t1 < end and len(out) < MAX_REQUESTS:
+            i += 1
+            t0 = perf()
+            try:
+                request(keys[i & 4095])
+            except Exception as exc:
+                fail(n, exc)
+                time.sleep(0.001)  # a failing variant must not spin
+                t1 = perf()
+                continue
+            t1 = perf()
+            out.append(t1 - t0)
+        finished[n] = t1
+
+    before = counter.read()
+    with running(variant):
+        workers = [
+            threading.Thread(target=worker, args=(n,), daemon=True, name=f"bench-{n}")
+            for n in range(threads)
+        ]
+        for w in workers:
+            w.start()
+        with contextlib.suppress(threading.BrokenBarrierError):
+            barrier.wait(WARMUP_TIMEOUT)
+        server_pid = variant.server.pid or 0
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        server0 = process_cpu(server_pid)
+        deadline = t0 + seconds + JOIN_GRACE
+        for w in workers:
+            w.join(max(0.0, deadline - time.perf_counter()))
+        cpu = time.process_time() - cpu0
+        server_cpu = process_cpu(server_pid) - server0
+        elapsed = max(max(finished) - t0, 1e-9)
+        stuck = sum(w.is_alive() for w in workers)
+        if stuck and not first_error:
+            first_error.append(f"{stuck} thread(s) still busy {JOIN_GRACE:g} s after the end")
+        opened = counter.read() - before
+    merged = sorted(x for lst in latencies for x in lst)
+    count = len(merged)
+    return Sample(
+        qps=count / elapsed,
+        p50_us=merged[count // 2] * 1e6 if count else 0.0,
+        p99_us=merged[min(count - 1, int(count * 0.99))] * 1e6 if count else 0.0,
+        cpu_us=cpu / count * 1e6 if count else 0.0,
+        server_cpu_us=server_cpu / count * 1e6 if count else 0.0,
+        opened=opened,
+        errors=sum(errors) + stuck,
+        first_error=first_error[0] if first_error else None,
+    )
+
+
+Cells = dict[tuple[str, str, int], list[Sample]]
+
+
+def run_cells(
+    server: MariaDBServer,
+    counter: ConnectionCounter,
+    *,
+    drivers: list[str],
+    thread_counts: list[int],
+    rounds: int,
+    seconds: float,
+) -> Cells:
+    """Round-robin: every round runs each (threads, driver) group's variants back to back,
+    in an order rotated every round, so the cells compared sit close in time."""
+    cells: Cells = {}
+    total = rounds * len(thread_counts) * len(drivers) * len(VARIANTS)
+    done = 0
+    for round_no in range(rounds):
+        for t_index, threads in enumerate(thread_counts):
+            for driver in drivers:
+                shift = (round_no + t_index) % len(VARIANTS)
+                for cls in VARIANTS[shift:] + VARIANTS[:shift]:
+                    sample = run_cell(cls(server, driver), threads, seconds, counter)
+                    cells.setdefault((cls.name, driver, threads), []).append(sample)
+                    done += 1
+                    print(
+                        f"[{done}/{total}] {driver:11} {threads:2} threads {cls.name:30}"
+                        f" {sample.qps:9,.0f} q/s  p99 {sample.p99_us:8,.0f} µs"
+                        + (f"  errors {sample.errors}" if sample.errors else ""),
+                        flush=True,
+                    )
+    return cells
+
+
+def ratios(cells: Cells, name: str, driver: str, threads: int) -> list[float]:
+    """Per-round ratios to the raw cell of the same round (taken moments apart)."""
+    raw = cells[(Raw.name, driver, threads)]
+    own = cells[(name, driver, threads)]
+    return [s.qps / r.qps for s, r in zip(own, raw, strict=True) if r.qps > 0]
+
+
+# ----------------------------------------------------------------------------- costs
+
+
+def per_call_us(fn: Callable[[], Any], budget: float) -> float:
+    """Median over batches (about 20 ms each, for ``budget`` seconds, at least 5) of the
+    mean time of one ``fn()`` call, in microseconds."""
+    for _ in range(20):
+        fn()
+    t0 = time.perf_counter()
+    fn()
+    batch = max(10, int(0.02 / max(time.perf_counter() - t0, 1e-7)))
+    samples: list[float] = []
+    stop = time.perf_counter() + budget
+    while len(samples) < 5 or (time.perf_counter() < stop and len(samples) < 500):
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            fn()
+        samples.append((time.perf_counter() - t0) / batch * 1e6)
+    return median(samples)
+
+
+def acquire_release(server: MariaDBServer, driver: str, budget: float) -> dict[str, float]:
+    """Microseconds per check-out + give-back, one thread, no statement."""
+    result: dict[str, float] = {}
+    for cls in POOLS:
+        with running(cls(server, driver)) as variant:
+
+            def pair(variant: Variant = variant) -> None:
+                with variant.checkout():
+                    pass
+
+            result[cls.name] = per_call_us(pair, budget)
+    return result
+
+
+def connect_cost(server: MariaDBServer, driver: str, n: int) -> dict[str, float]:
+    """Milliseconds per connect + close (median of ``n``, the ways interleaved).
+
+    tether's figure is its own connect path, ``Pool._open`` (the driver's connect with the
+    pool's TLS context reused, socket tuning, one ``SET`` for session tracking) followed by a
+    close: what the pool pays whenever it opens a connection."""
+    module = driver_module(driver)
+    default, off = connect_kwargs(server, driver), connect_kwargs(server, driver, tls=False)
+    ways: dict[str, Callable[[], None]] = {
+        "driver, TLS default": lambda: module.connect(**default).close(),
+        "driver, TLS disabled": lambda: module.connect(**off).close(),
+    }
+    samples: dict[str, list[float]] = {}
+    with tether.Pool(server.dsn(), driver=driver, max_size=1) as pool:
+        with pool.connection():
+            pass  # the first connect: builds the pool's TLS context, reads server limits
+
+        def through_tether() -> None:
+            entry = pool._open(time.monotonic() + 10)
+            pool.driver.close(entry.raw)
+
+        ways["tether Pool connect (TLS default, context reused)"] = through_tether
+        for _ in range(n):
+            for name, fn in ways.items():
+                t0 = time.perf_counter()
+                fn()
+                samples.setdefault(name, []).append((time.perf_counter() - t0) * 1e3)
+    return {name: median(values) for name, values in samples.items()}
+
+
+# The steps of the CPU breakdown, each timed as a whole request on one thread.
+RAW = "raw held connection"
+FULL_POOL = "tether Pool"
+FULL_LOCAL = "tether ThreadLocalPool"
+
+
+class _StubCursor:
+    """A cursor that does no I/O: what is left of a query is the proxy's own work."""
+
+    def execute(self, query: Any, args: Any = None) -> int:
+        return 1
+
+    def fetchone(self) -> Any:
+        return ("city",)
+
+    def close(self) -> None:
+        pass
+
+
+class _StubConnection:
+    def cursor(self, *args: Any, **kwargs: Any) -> _StubCursor:
+        return _StubCursor()
+
+
+@dataclass
+class Breakdown:
+    """tether's cost per request, alone (no I/O, exact) and in context (thread CPU)."""
+
+    cpu: dict[str, float]  # whole request, CPU µs, in context
+    wall: dict[str, float]  # whole request, wall µs
+    proxy_alone: float | None  # cursor/execute/fetchone/close through the proxy, minus direct
+    status_read: float | None  # one read of the server status bits
+
+    def extra(self, step: str) -> float:
+        return self.cpu[step] - self.cpu[RAW]
+
+
+def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakdown:
+    """Whole requests on one thread (raw, tether Pool, tether ThreadLocalPool), client CPU by
+    ``time.thread_time`` (other threads and processes do not count), alternated quickly for
+    ``rounds`` rounds of ``n`` requests, medians; and the proxy's own cost per query with the
+    I/O taken out: the checked-out proxy is pointed at a stub connection (a private slot,
+    for this measurement only), its real status reader kept."""
+    with (
+        running(Raw(server, driver)) as raw,
+        running(TetherPool(server, driver)) as pool,
+        running(TetherThreadLocal(server, driver)) as local,
+    ):
+        steps: dict[str, Callable[[int], None]] = {
+            RAW: raw.request,
+            FULL_POOL: pool.request,
+            FULL_LOCAL: local.request,
+        }
+        cpu: dict[str, list[float]] = {}
+        wall: dict[str, list[float]] = {}
+        for step in steps.values():
+            for key in KEYS[:50]:
+                step(key)
+        for _ in range(rounds):
+            for name, step in steps.items():
+                c0, w0 = time.thread_time(), time.perf_counter()
+                for i in range(n):
+                    step(KEYS[i & 4095])
+                cpu.setdefault(name, []).append((time.thread_time() - c0) / n * 1e6)
+                wall.setdefault(name, []).append((time.perf_counter() - w0) / n * 1e6)
+        assert isinstance(pool, TetherPool)
+        proxy_alone = status_read = None
+        with pool.pool.connection() as conn:
+            status = getattr(getattr(conn, "_entry", None), "status", None)
+            if callable(status):
+                status_read = per_call_us(status, 0.2)
+            real = getattr(conn, "_raw", None)
+            if real is not None:
+                stub = _StubConnection()
+                direct = per_call_us(lambda: query(stub, 1), 0.2)
+                conn._raw = stub
+                try:
+                    proxied = per_call_us(lambda: query(conn, 1), 0.2)
+                finally:
+                    conn._raw = real
+                proxy_alone = proxied - direct
+    return Breakdown(
+        cpu={k: median(v) for k, v in cpu.items()},
+        wall={k: median(v) for k, v in wall.items()},
+        proxy_alone=proxy_alone,
+        status_read=status_read,
+    )
+
+
+@dataclass
+class ProfileRow:
+    function: str
+    calls: float  # per request
+    own_us: float  # per request, under the profiler
+    share: float  # of tether's own profiled time
+
+
+@dataclass
+class Profile:
+    tether: list[ProfileRow]  # tether's functions by own time
+    others: list[ProfileRow]  # the rest (driver, sockets, the benchmark loop)
+    tether_share: float  # tether's own time over the whole request's
+
+
+def profile(server: MariaDBServer, driver: str, n: int) -> Profile:
+    """cProfile of ``n`` requests through tether Pool on one thread. The profiler's clock is
+    wall time and it inflates small Python functions: the shares matter, not the µs."""
+    with running(TetherPool(server, driver)) as variant:
+        for key in KEYS[:50]:
+            variant.request(key)
+        prof = cProfile.Profile()
+        prof.enable()
+        for i in range(n):
+            variant.request(KEYS[i & 4095])
+        prof.disable()
+    stats: dict[Any, Any] = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    entries = sorted(
+        ((func, nc, tt) for func, (_cc, nc, tt, _ct, _callers) in stats.items()),
+        key=lambda e: e[2],
+        reverse=True,
+    )
+    total = sum(tt for _, _, tt in entries) or 1e-9
+    ours = [e for e in entries if "/tether/" in e[0][0]]
+    ours_total = sum(tt for _, _, tt in ours) or 1e-9
+    others = [e for e in entries if "/tether/" not in e[0][0]]
+    return Profile(
+        tether=[
+            ProfileRow(_name(f), nc / n, tt / n * 1e6, tt / ours_total) for f, nc, tt in ours[:12]
+        ],
+        others=[ProfileRow(_name(f), nc / n, tt / n * 1e6, tt / total) for f, nc, tt in others[:6]],
+        tether_share=ours_total / total,
+    )
+
+
+def _name(func: tuple[str, int, str]) -> str:
+    file, line, name = func
+    if file == "~":  # a builtin: "<method 'recv_into' of '_socket.socket' objects>"
+        return re.sub(r" at 0x[0-9a-f]+", "", name).strip("<>")
+    parts = file.replace("\\", "/").split("/")
+    return f"{'/'.join(parts[-2:])}:{line} {name}"
