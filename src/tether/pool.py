@@ -32,7 +32,7 @@ from typing import Any
 
 from . import drivers as _drivers
 from .classify import ErrorKind, classify
-from .connection import PooledConnection
+from .connection import PooledConnection, first_word
 from .dsn import DSN, parse_dsn
 from .errors import PoolClosed, PoolTimeout
 from .stats import SAMPLES, PoolStats, percentiles
@@ -45,6 +45,8 @@ _monotonic = time.monotonic
 _POLL_BAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 _CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
+# Connect errors that are waited out (backoff, retry until the deadline) rather than raised.
+_WAIT_OUT = (ErrorKind.CAPACITY, ErrorKind.DISCONNECT)
 
 # Entry states.
 IDLE, IN_USE, BUSY, CLOSED = "idle", "in use", "busy", "closed"
@@ -187,8 +189,6 @@ class Pool:
     ``with pool.connection() as conn:`` hands out a DB-API connection (a proxy for it) that
     goes back when the block ends, also when it raises. See the README for every option.
     """
-
-    _thread_mapped = False
 
     def __init__(
         self,
@@ -668,20 +668,12 @@ class Pool:
         try:
             entry = self._open(deadline)
         except BaseException as exc:
-            kind = (
-                classify(exc, self._driver, self.error_kinds)
-                if isinstance(exc, Exception)
-                else ErrorKind.OTHER
-            )
             with self._lock:
                 self._size -= 1
                 self._opening -= 1
-                self._last_connect_error = exc
-                self._counters["connect_errors"] += 1
-                if kind in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT):
-                    self._block_growth_locked(kind)
+                kind = self._connect_failed_locked(exc)
                 self._serve_waiters_locked()
-            if kind is ErrorKind.CAPACITY or kind is ErrorKind.DISCONNECT:
+            if kind in _WAIT_OUT:
                 logger.warning(
                     "%s: connect failed (%s), backing off %.2fs",
                     self.name,
@@ -710,6 +702,20 @@ class Pool:
             self._close_raw(entry, "pool closed")
             raise PoolClosed(f"{self.name}: the pool is closed")
         return entry
+
+    def _connect_failed_locked(self, exc: BaseException) -> ErrorKind:
+        """Record a failed connect and say what it means. Caps and outages block growth
+        for a backoff (they are waited out); anything else is the caller's to raise."""
+        kind = (
+            classify(exc, self._driver, self.error_kinds)
+            if isinstance(exc, Exception)
+            else ErrorKind.OTHER
+        )
+        self._last_connect_error = exc
+        self._counters["connect_errors"] += 1
+        if kind in _WAIT_OUT:
+            self._block_growth_locked(kind)
+        return kind
 
     def _block_growth_locked(self, kind: ErrorKind) -> None:
         # Capped exponential backoff with full jitter: refills from many processes spread out
@@ -791,8 +797,6 @@ class Pool:
             raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         text = query.decode() if isinstance(query, bytes) else query
         if self.server is not None and "mariadb" not in self.server.version.lower():
-            from .connection import first_word
-
             if first_word(text) != "SELECT":
                 raise ValueError("on MySQL a statement timeout applies to SELECT only")
             hint = f"SELECT /*+ MAX_EXECUTION_TIME({int(timeout * 1000)}) */"
@@ -1034,14 +1038,10 @@ class Pool:
                 fresh = self._open(deadline)
                 break
             except Exception as exc:
-                kind = classify(exc, self._driver, self.error_kinds)
                 with self._lock:
-                    self._last_connect_error = exc
-                    self._counters["connect_errors"] += 1
-                    if kind in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT):
-                        self._block_growth_locked(kind)
+                    kind = self._connect_failed_locked(exc)
                     pause = self._grow_blocked_until - _monotonic()
-                if kind not in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT):
+                if kind not in _WAIT_OUT:
                     raise
                 if _monotonic() + pause >= deadline:
                     raise
@@ -1429,8 +1429,6 @@ class ThreadLocalPool(Pool):
     reclaimed, and at the bound an idle connection of another thread is taken over, its
     session reset first, so the bound never deadlocks.
     """
-
-    _thread_mapped = True
 
     def _take_idle_locked(self, ident: int) -> _Entry | None:
         idle = self._idle
