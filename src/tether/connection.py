@@ -32,6 +32,7 @@ _monotonic = time.monotonic
 _IN_TRANS = _drivers.STATUS_IN_TRANS
 _AUTOCOMMIT = _drivers.STATUS_AUTOCOMMIT
 _STATE_CHANGED = _drivers.STATUS_SESSION_STATE_CHANGED
+_MORE_RESULTS = _drivers.STATUS_MORE_RESULTS
 
 # Errors that prove the request never reached the server: the driver failed writing it
 # (2006 from PyMySQL's and libmariadb's write paths), or the server had already dropped the
@@ -190,9 +191,16 @@ class PooledConnection:
     # -- DB-API
 
     def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
-        entry = self._use()
+        entry = self._entry
+        if entry is None or entry.broken or entry.raw is None or self._gen != entry.gen:
+            entry = self._use()
         raw_cursor = self._raw.cursor(*args, **kwargs)
-        unbuffered = self._pool._driver.is_unbuffered(raw_cursor)
+        # The connection's default cursor class was looked at when it was opened.
+        unbuffered = (
+            self._pool._driver.is_unbuffered(raw_cursor)
+            if args or kwargs
+            else entry.default_unbuffered
+        )
         if unbuffered:
             entry.unbuffered += 1
         return Cursor(self, raw_cursor, args, kwargs, unbuffered)
@@ -298,6 +306,12 @@ class PooledConnection:
             entry.busy_since = 0.0
             return self._failed(entry, exc, before, call, what, statement, replayable)
         entry.busy_since = 0.0
+        self._read_status(entry)
+        return result
+
+    def _read_status(self, entry: _Entry) -> None:
+        """Keep the server's status bits of its last reply: the return path decides on them
+        alone whether the session needs cleaning."""
         status = entry.status
         if status is not None:
             bits = status()
@@ -305,7 +319,6 @@ class PooledConnection:
             if bits & _STATE_CHANGED:
                 entry.session_dirty = True
                 self._pool._driver.clear_state_flag(self._raw)
-        return result
 
     def _failed(
         self,
@@ -394,7 +407,13 @@ class PooledConnection:
         entry.broken = False
         self._raw = entry.raw
         self._gen = entry.gen
-        return call(self._raw)
+        entry.busy_since = _monotonic()
+        try:
+            result = call(self._raw)
+        finally:
+            entry.busy_since = 0.0
+        self._read_status(entry)
+        return result
 
 
 def _lost(driver: _drivers.Driver, code: int, where: str, exc: Exception) -> BaseException:
@@ -472,7 +491,7 @@ class Cursor:
                 )
             entry.busy_since = 0.0
             status = entry.status
-            if status is not None:
+            if status is not None:  # inlined _read_status: this is the hot path
                 bits = status()
                 entry.last_status = bits
                 if bits & _STATE_CHANGED:
@@ -515,14 +534,36 @@ class Cursor:
         cur, self._cur = self._cur, None
         if cur is None:
             return
+        conn = self._conn
+        entry = conn._entry
+        if entry is None or not (
+            self._unbuffered
+            or entry.last_status & _MORE_RESULTS
+            or not conn._pool._driver.more_results_in_status
+        ):
+            cur.close()
+            return
+        # Closing may read what is left of the result (a streamed one, or more result sets),
+        # whose last packet carries fresh status bits.
         try:
             cur.close()
         finally:
             if self._unbuffered:
                 self._unbuffered = False
-                entry = self._conn._entry
-                if entry is not None and entry.unbuffered > 0:
+                if entry.unbuffered > 0:
                     entry.unbuffered -= 1
+            if entry.raw is not None and not entry.broken:
+                conn._read_status(entry)
+
+    def nextset(self) -> Any:
+        """Move to the next result set (multi-statement queries and procedures)."""
+        conn = self._conn
+        entry = conn._entry
+        if entry is None or self._cur is None:
+            raise ConnectionReleased("this cursor is closed")
+        result = self._cur.nextset()
+        conn._read_status(entry)
+        return result
 
     def __enter__(self) -> Cursor:
         return self

@@ -25,6 +25,7 @@ __all__ = ["Driver", "MySQLClientDriver", "PyMySQLDriver", "get_driver"]
 # Server status bits (include/mysql_com.h); both drivers expose the raw value of the last reply.
 STATUS_IN_TRANS = 0x0001
 STATUS_AUTOCOMMIT = 0x0002
+STATUS_MORE_RESULTS = 0x0008
 STATUS_SESSION_STATE_CHANGED = 0x4000
 CLIENT_SESSION_TRACK = 1 << 23
 CLIENT_SSL = 1 << 11
@@ -162,6 +163,9 @@ class Driver:
 
     # Whether the status bits are refreshed by result sets too (not only by OK packets).
     status_after_results: ClassVar[bool] = True
+    # Whether the bits say when more result sets follow (MORE_RESULTS); where they do not, a
+    # cursor's close, which may read them, is followed by a fresh read of the bits.
+    more_results_in_status: ClassVar[bool] = True
 
     def clear_state_flag(self, raw: Any) -> None:
         """Forget the "session state changed" bit once the pool has taken note of it."""
@@ -305,6 +309,7 @@ class PyMySQLDriver(Driver):
     # "in transaction" under autocommit, but an implicit transaction opened by a SELECT with
     # autocommit off is invisible: such pools roll back on every return).
     status_after_results = False
+    more_results_in_status = False
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:
         return lambda: int(raw.server_status)

@@ -42,6 +42,8 @@ __all__ = ["Pool", "ThreadLocalPool"]
 logger = logging.getLogger("tether")
 
 _monotonic = time.monotonic
+_getpid = os.getpid
+_get_ident = threading.get_ident
 _POLL_BAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 _CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
@@ -99,6 +101,7 @@ class _Entry:
         "busy_since",
         "checked_out_at",
         "created",
+        "default_unbuffered",
         "expires",
         "fd",
         "gen",
@@ -154,6 +157,7 @@ class _Entry:
         self.tainted = False  # used in ways that leave unknown state
         self.broken = False  # lost its connection; replaced before the next statement
         self.unbuffered = 0  # open streaming cursors
+        self.default_unbuffered = False  # the connection's default cursor class streams
         self.leak_reported = False
         self.watchdog_fired = False  # the watchdog broke the socket of a stuck call
         self.gen = 0  # bumped when the server connection is replaced in place
@@ -285,6 +289,9 @@ class Pool:
         self.idle_timeout = idle_timeout
         self.keepalive = keepalive
         self._server_idle_limit: float | None = None
+        # A connection used this recently is handed out on a socket poll alone: under the
+        # ping window and under the server's idle limit (lowered once the server is known).
+        self._fresh_for = self.ping_after
         self.server: ServerLimits | None = None
 
         self._lock = threading.Lock()
@@ -350,7 +357,9 @@ class Pool:
         when none can be had within ``timeout`` (default: the pool's), :class:`PoolClosed`
         after :meth:`close`, and the driver's error at once for wrong credentials.
         """
-        entry = self._checkout(self.timeout if timeout is None else timeout)
+        entry = self._own_idle(timeout)
+        if entry is None:
+            entry = self._checkout(self.timeout if timeout is None else timeout)
         f = sys._getframe(1)
         entry.acquired = (f.f_code, f.f_lineno)
         if self.leak_timeout is not None:
@@ -465,6 +474,37 @@ class Pool:
         )
 
     # ------------------------------------------------------------------ checkout
+
+    def _own_idle(self, timeout: float | None) -> _Entry | None:
+        """The hot path: this thread's last connection, idle, fresh and with a quiet socket,
+        taken with one short hold of the lock. ``None`` leaves every other case (waiting,
+        opening, takeovers, forks, a bad ``timeout``) to :meth:`_checkout`."""
+        last: _Entry | None = getattr(self._local, "last", None)
+        if (
+            last is None
+            or last.owner != _get_ident()
+            or (timeout is not None and not timeout > 0)
+            or _getpid() != self._pid
+        ):
+            return None
+        with self._lock:
+            if last.state is not IDLE or last.tainted or self._closed or self._leaked:
+                return None
+            del self._idle[last]
+            last.state = IN_USE
+            self._in_use[last] = None
+            self._counters["checkouts"] += 1
+        now = last.checked_out_at = _monotonic()
+        if (
+            now < last.expires
+            and now - last.last_active < self._fresh_for
+            and last.pid == self._pid
+            and not last.poller.poll(0)
+        ):
+            return last
+        # Expired, idle past the ping window or with a readable socket: the full check,
+        # which pings or replaces (and then the slow path opens or finds another).
+        return last if self._usable(last) else None
 
     def _checkout(self, timeout: float) -> _Entry:
         if timeout <= 0:
@@ -745,7 +785,7 @@ class Pool:
                 keepalive_count=KEEPALIVE_COUNT,
                 user_timeout_ms=USER_TIMEOUT_MS,
             )
-            self._setup_session(raw)
+            default_unbuffered = self._setup_session(raw)
             if self.server is None:
                 self._adopt_server_limits(ServerLimits(driver.execute(raw, ServerLimits.QUERY)[0]))
         except BaseException:
@@ -761,17 +801,20 @@ class Pool:
             now,
             self._expiry(now),
         )
+        entry.default_unbuffered = default_unbuffered
         with self._lock:
             self._counters["opened"] += 1
         logger.debug("%s: opened connection %d", self.name, entry.session_id)
         return entry
 
-    def _setup_session(self, raw: Any) -> None:
+    def _setup_session(self, raw: Any) -> bool:
         """Per-session set-up, one statement where possible: ask the server to flag every
         change of session state (user and system variables, schema, temporary tables,
-        prepared statements) in its replies, so a return knows when a reset is needed."""
+        prepared statements) in its replies, so a return knows when a reset is needed.
+        Returns whether the connection's default cursor class streams its rows."""
         driver = self._driver
         cur = raw.cursor()
+        unbuffered = driver.is_unbuffered(cur)
         try:
             cur.execute("SET " + self._session_settings(raw))
             for statement in self.init_commands:
@@ -779,6 +822,7 @@ class Pool:
         finally:
             cur.close()
         driver.clear_state_flag(raw)
+        return unbuffered
 
     def _session_settings(self, raw: Any) -> str:
         """The session variables tether relies on, as one ``SET`` list."""
@@ -816,6 +860,7 @@ class Pool:
             margin = max(1.0, 0.1 * wait)
             limit = max(0.5, wait - margin)
             self._server_idle_limit = limit
+            self._fresh_for = min(self.ping_after, limit)
             for option, want in (
                 ("max_lifetime", self._want_lifetime),
                 ("idle_timeout", self._want_idle_timeout),
@@ -871,16 +916,23 @@ class Pool:
         if entry.raw is None:  # a replacement failed half-way
             self._discard(entry, "connection lost")
             return
-        # The common case, with no round trip: the server's last reply says no transaction
-        # is open and autocommit is as configured, and nothing else was flagged.
-        status = entry.status
+        # The common case, with no round trip: the server's last reply (its status bits, kept
+        # by the proxy after every statement) says no transaction is open and autocommit is
+        # as configured, and nothing else was flagged.
         if (
-            status is not None
+            entry.last_status & _CLEAN_MASK == self._clean_bits
+            and entry.status is not None
             and not (entry.session_dirty or entry.tainted or entry.broken or entry.unbuffered)
             and entry.pid == self._pid
-            and status() & _CLEAN_MASK == self._clean_bits
         ):
             entry.returned_at = entry.last_active = now
+            if now < entry.expires:
+                with self._lock:
+                    if not self._waiters and not self._closed and entry.state is IN_USE:
+                        del self._in_use[entry]
+                        entry.state = IDLE
+                        self._idle[entry] = None
+                        return
             self._checkin(entry)
             return
         reason = self._clean(entry)
@@ -922,6 +974,8 @@ class Pool:
                 raw.autocommit(self.autocommit)
         except Exception as exc:
             return f"cleanup failed: {_describe(exc)}"
+        if read_status is not None:
+            entry.last_status = read_status()
         return None
 
     def _keeps_session(self, entry: _Entry) -> bool:
@@ -950,6 +1004,8 @@ class Pool:
                 cur.close()
             driver.clear_state_flag(raw)
             entry.session_dirty = False
+            if entry.status is not None:
+                entry.last_status = entry.status()
         else:
             raise RuntimeError("the driver cannot reset a session")
 
@@ -1054,6 +1110,7 @@ class Pool:
             "created",
             "expires",
             "session_id",
+            "default_unbuffered",
             "last_status",
             "last_active",
         ):

@@ -155,6 +155,25 @@ def test_autocommit_off_replays_nothing_inside_a_transaction(db: MariaDBServer, 
     assert rows(db) == 1 and rows(db, "id = 3") == 1
 
 
+def test_autocommit_off_replayed_write_is_not_left_open(db: MariaDBServer, pools: Any) -> None:
+    # No transaction open: an INSERT that lost its connection is replayed on a fresh one (the
+    # first one's work died with its session). The replay opens a transaction there, which the
+    # return must roll back like any other, not leave for the next borrower to commit.
+    ledger(db)
+    pool = pools(db.dsn(), autocommit=False, max_size=1)
+    with pool.connection() as conn:
+        first = session_of(conn)
+        conn.rollback()
+        db.kill_sessions(ids=[first])
+        time.sleep(0.1)
+        conn.cursor().execute("INSERT INTO ledger VALUES (1, 'a')")  # the last statement
+    assert pool.stats()["replays"] == 1
+    with pool.connection() as conn:
+        run(conn, "INSERT INTO ledger VALUES (2, 'b')")
+        conn.commit()
+    assert rows(db, "id = 1") == 0 and rows(db, "id = 2") == 1
+
+
 def test_lost_commit_reply_is_outcome_unknown(
     db: MariaDBServer, pools: Any, fault_proxy: Callable[[MariaDBServer], FaultProxy]
 ) -> None:

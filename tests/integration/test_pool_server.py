@@ -134,6 +134,44 @@ def test_open_transaction_is_rolled_back_on_return(make_pool: Any, db: MariaDBSe
     assert pool.stats()["rollbacks"] == 1
 
 
+def test_a_streamed_read_with_autocommit_off_is_rolled_back_on_return(
+    make_pool: Any, db: MariaDBServer
+) -> None:
+    # A streamed result's status bits arrive with its last packet, after execute() returned:
+    # the return must still see the transaction the read opened, or the next borrower would
+    # read from its stale snapshot.
+    db.execute_admin(f"CREATE TABLE {db.database}.t (id INT PRIMARY KEY)")
+    pool = make_pool(max_size=1, autocommit=False)
+    with pool.connection() as conn:
+        assert list(conn.stream("SELECT id FROM t", net_write_timeout=None)) == []
+    db.execute_admin(f"INSERT INTO {db.database}.t VALUES (1)")
+    with pool.connection() as conn:
+        assert one(conn, "SELECT COUNT(*) FROM t") == 1
+        conn.rollback()
+    assert pool.stats()["rollbacks"] >= 1
+
+
+def test_status_after_nextset_and_multi_statement_results(make_pool: Any, driver: str) -> None:
+    # More result sets read by nextset() (or drained by close()) carry newer status bits:
+    # a transaction opened by the last statement is seen and rolled back on return.
+    if driver == "pymysql":
+        from pymysql.constants import CLIENT
+    else:
+        from MySQLdb.constants import CLIENT
+    pool = make_pool(max_size=1, connect_args={"client_flag": CLIENT.MULTI_STATEMENTS})
+    for drain in ("nextset", "close"):
+        with pool.connection() as conn:
+            cur = conn.cursor()
+            cur.execute("SELECT 1; BEGIN; SELECT 2")
+            if drain == "nextset":
+                while cur.nextset():
+                    pass
+            cur.close()
+        with pool.connection() as conn:
+            assert one(conn, "SELECT @@in_transaction") == 0
+    assert pool.stats()["rollbacks"] == 2
+
+
 def test_a_block_that_raises_still_returns_the_connection(make_pool: Any) -> None:
     pool = make_pool(max_size=1)
     for _ in range(3):
