@@ -84,8 +84,8 @@ class Plan:
             quick=quick,
             drivers=drivers,
             thread_counts=[1, 4] if quick else [1, 4, POOL_SIZE, 4 * POOL_SIZE],
-            rounds=args.rounds or (1 if quick else 3),
-            seconds=args.seconds or (0.2 if quick else 1.0),
+            rounds=args.rounds or (1 if quick else 5),
+            seconds=args.seconds or (0.2 if quick else 0.6),
             acquire_budget=0.1 if quick else 0.5,
             connects=5 if quick else 40,
             breakdown_requests=200 if quick else 300,
@@ -122,8 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a short run (CI)")
     parser.add_argument("--output", type=Path, help="directory for RESULTS.md and the charts")
     parser.add_argument("--drivers", default=",".join(DRIVERS), help="comma-separated")
-    parser.add_argument("--rounds", type=int, help="rounds of cells (quick 1, full 3)")
-    parser.add_argument("--seconds", type=float, help="per cell (quick 0.2, full 1.0)")
+    parser.add_argument("--rounds", type=int, help="rounds of cells (quick 1, full 5)")
+    parser.add_argument("--seconds", type=float, help="per cell (quick 0.2, full 0.6)")
     parser.add_argument(
         "--web-seconds", type=int, help="per web cell (full 3, quick: web.py's own)"
     )
@@ -584,6 +584,26 @@ def why_section(r: Results) -> list[str]:
         " waiting thread (first come, first served: the low p99), which costs a thread"
         " switch and a GIL hand-off per request."
     )
+    spreads = []
+    for driver in r.plan.drivers:
+        for threads in r.plan.thread_counts:
+            if 1 < threads <= POOL_SIZE:
+                qps = [s.qps for s in r.cells[(micro.Raw.name, driver, threads)]]
+                if len(qps) > 1 and min(qps) > 0:
+                    spreads.append(
+                        f"{driver} {label(threads)} {min(qps):,.0f}-{max(qps):,.0f} q/s"
+                        f" ({max(qps) / min(qps):.1f}x)"
+                    )
+    if spreads:
+        lines.append(
+            "- With many threads in one process the machine flips between two regimes: one"
+            " where a thread coming back from the server finds the GIL free, and one where"
+            " threads queue for it and every hand-off costs thread switches (client CPU per"
+            " request then doubles or triples, mostly in the kernel). Even the raw held"
+            " connection's own throughput moved across rounds: "
+            + ". A multi-thread ratio compares cells that may sit in different regimes: read"
+            " it with its per-round range."
+        )
     if r.others_cores >= 0.2:
         lines.append(
             f"- Other work on the machine used {r.others_cores:.2f} cores on average during"

@@ -1,9 +1,10 @@
 """The pool: a bounded set of healthy connections, handed out without round trips.
 
-How a checkout stays cheap: the thread's last connection is preferred (warm, same session); a
-handed-out connection is checked with one ``poll()`` of its socket (a server that timed the
-session out, was restarted or ``KILL``-ed it has closed the socket, which then reads as ready)
-and pinged only when it sat idle longer than ``ping_after``. A return costs no round trip
+How a checkout stays cheap: the thread's last connection is preferred (warm, same session),
+taken with one short hold of the lock; a handed-out connection is checked with one ``poll()`` of
+its socket (a server that timed the session out, was restarted or ``KILL``-ed it has closed the
+socket, which then reads as ready) unless it came back less than a millisecond ago, and pinged
+only when it sat idle longer than ``ping_after``. A return costs no round trip
 unless the session is dirty, which the server itself says in the status bits of its last reply
 (open transaction, session state changed, autocommit flipped).
 
@@ -47,6 +48,11 @@ _get_ident = threading.get_ident
 _POLL_BAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 _CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
+# A connection the thread gave back less than this long ago (a tight loop) is handed out again
+# without the poll() of its socket: a server-side close in so short a gap is as likely as one
+# a moment after the poll, and the poll is a system call that also lets go of the GIL, which
+# with many threads costs a thread switch per checkout.
+_TRUSTED = 0.001
 # Connect errors that are waited out (backoff, retry until the deadline) rather than raised.
 _WAIT_OUT = (ErrorKind.CAPACITY, ErrorKind.DISCONNECT)
 
@@ -495,11 +501,12 @@ class Pool:
             self._in_use[last] = None
             self._counters["checkouts"] += 1
         now = last.checked_out_at = _monotonic()
+        idle = now - last.last_active
         if (
             now < last.expires
-            and now - last.last_active < self._fresh_for
+            and idle < self._fresh_for
             and last.pid == self._pid
-            and not last.poller.poll(0)
+            and (idle < _TRUSTED or not last.poller.poll(0))
         ):
             return last
         # Expired, idle past the ping window or with a readable socket: the full check,
