@@ -601,6 +601,7 @@ def why_section(r: Results) -> list[str]:
             " threads queue for it and every hand-off costs thread switches (client CPU per"
             " request then doubles or triples, mostly in the kernel). Even the raw held"
             " connection's own throughput moved across rounds: "
+            + "; ".join(spreads)
             + ". A multi-thread ratio compares cells that may sit in different regimes: read"
             " it with its per-round range."
         )

@@ -343,6 +343,46 @@ def test_impossible_options_name_the_option(
         make_pool(**options)
 
 
+def test_a_bad_checkout_timeout_is_refused_also_with_an_idle_connection(make_pool: Any) -> None:
+    pool = make_pool()
+    with pool.connection():
+        pass  # the thread's own connection is now idle: the fast path would hand it out
+    for bad in (0, -1.0):
+        with pytest.raises(ValueError, match="timeout"):
+            pool.connection(timeout=bad)
+    with pool.connection(timeout=1.0):
+        pass
+    assert pool.stats().in_use == 0
+
+
+def test_the_fast_path_stays_fair_and_bounded_across_threads(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    # Threads that keep reusing their own connection never take one another's, never exceed
+    # the bound, and the counters add up.
+    pool = make_pool(max_size=3, timeout=10)
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(300):
+                with pool.connection() as conn:
+                    assert conn._entry.owner == threading.get_ident()
+                    assert pool.stats().in_use <= 3
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    stats = pool.stats()
+    assert stats["checkouts"] == 6 * 300 and stats.in_use == 0
+    assert len(fake.connections) <= 3
+
+
 def test_options_are_keyword_only(fake: FakeDriver) -> None:
     with pytest.raises(TypeError):
         tether.Pool("mysql://a@h/d", fake, 4)  # type: ignore[misc]
