@@ -386,6 +386,105 @@ def ratios(cells: Cells, name: str, driver: str, threads: int) -> list[float]:
     return [s.qps / r.qps for s, r in zip(own, raw, strict=True) if r.qps > 0]
 
 
+# ----------------------------------------------------------------------------- interleaved
+
+
+PLAIN_PYTHON_US = 5.0  # the extra work of the "raw + plain Python" control, per request
+
+
+class RawPlusPython(Raw):
+    """The raw held connection plus a fixed amount of plain Python per request (a loop that
+    touches nothing shared): what extra CPU alone does to throughput, as a control."""
+
+    name = f"raw + {PLAIN_PYTHON_US:g} µs of plain Python"
+    loops = 0  # set by calibrate()
+
+    @classmethod
+    def calibrate(cls) -> None:
+        n, elapsed = 20_000, 0.0
+        while elapsed < 0.02:
+            n *= 2
+            t0 = time.perf_counter()
+            for _ in range(n):
+                pass
+            elapsed = time.perf_counter() - t0
+        cls.loops = max(1, int(n / (elapsed * 1e6) * PLAIN_PYTHON_US))
+
+    def request(self, key: int) -> None:
+        for _ in range(self.loops):
+            pass
+        query(self.connection(), key)
+
+
+INTERLEAVED: list[type[Variant]] = [Raw, RawPlusPython, TetherPool, TetherThreadLocal]
+
+
+def interleaved(
+    server: MariaDBServer, driver: str, threads: int, slices: int, slice_seconds: float
+) -> dict[str, list[float]]:
+    """The same worker threads alternate between the variants in short slices (the order
+    rotated every cycle), so that every variant sees the same machine state: a slow moment
+    of the host lands on all of them instead of on whichever cell it hit. Returns each
+    variant's queries/s per slice (a request counts for the variant it started in)."""
+    RawPlusPython.calibrate()
+    variants = [cls(server, driver) for cls in INTERLEAVED]
+    current = [0]
+    stop = threading.Event()
+    counts = [[0] * len(variants) for _ in range(threads)]
+    barrier = threading.Barrier(threads + 1)
+    per_slice: dict[str, list[float]] = {v.name: [] for v in variants}
+
+    def worker(n: int) -> None:
+        keys, i, mine = KEYS, n * 97, counts[n]
+        try:
+            for variant in variants:
+                variant.request(keys[i & 4095])
+            barrier.wait(WARMUP_TIMEOUT)
+        except Exception:  # a broken barrier or a failed warm-up: nothing to measure
+            return
+        done = 0
+        while not stop.is_set() and done < MAX_REQUESTS * len(variants):
+            which = current[0]
+            i += 1
+            try:
+                variants[which].request(keys[i & 4095])
+            except Exception:
+                time.sleep(0.001)
+                continue
+            mine[which] += 1
+            done += 1
+
+    for variant in variants:
+        variant.setup()
+    workers = [
+        threading.Thread(target=worker, args=(n,), daemon=True, name=f"bench-ab-{n}")
+        for n in range(threads)
+    ]
+    try:
+        for w in workers:
+            w.start()
+        barrier.wait(WARMUP_TIMEOUT)
+        order = list(range(len(variants)))
+        for s in range(slices):
+            if s and s % len(order) == 0:
+                order = order[1:] + order[:1]
+            which = order[s % len(order)]
+            before = sum(c[which] for c in counts)
+            current[0] = which
+            t0 = time.perf_counter()
+            time.sleep(slice_seconds)
+            elapsed = time.perf_counter() - t0
+            after = sum(c[which] for c in counts)
+            per_slice[variants[which].name].append((after - before) / elapsed)
+    finally:
+        stop.set()
+        for w in workers:
+            w.join(JOIN_GRACE)
+        for variant in variants:
+            variant.teardown()
+    return per_slice
+
+
 # ----------------------------------------------------------------------------- costs
 
 

@@ -66,6 +66,9 @@ class Plan:
     breakdown_requests: int
     breakdown_rounds: int
     profile_requests: int
+    ab_threads: list[int]  # the interleaved A/B's thread counts
+    ab_slices: int
+    ab_slice_seconds: float
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
@@ -91,6 +94,9 @@ class Plan:
             breakdown_requests=200 if quick else 300,
             breakdown_rounds=4 if quick else 30,
             profile_requests=300 if quick else 3000,
+            ab_threads=[1, 4] if quick else [1, POOL_SIZE],
+            ab_slices=8 if quick else 80,
+            ab_slice_seconds=0.05 if quick else 0.2,
         )
 
 
@@ -109,6 +115,7 @@ class Results:
     connect: dict[str, dict[str, float]]
     breakdowns: dict[str, micro.Breakdown]
     profiles: dict[str, Profile]
+    ab: dict[tuple[str, int], dict[str, list[float]]]  # (driver, threads) -> q/s per slice
     web: dict[str, Any] | None
     web_note: str | None
 
@@ -165,6 +172,12 @@ def main(argv: list[str] | None = None) -> int:
             x: micro.breakdown(server, x, plan.breakdown_requests, plan.breakdown_rounds) for x in d
         }
         profiles = {x: micro.profile(server, x, plan.profile_requests) for x in d}
+        print("interleaved A/B ...", flush=True)
+        ab = {
+            (x, t): micro.interleaved(server, x, t, plan.ab_slices, plan.ab_slice_seconds)
+            for x in d
+            for t in plan.ab_threads
+        }
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
         elapsed = time.monotonic() - started
@@ -184,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         connect=connect,
         breakdowns=breakdowns,
         profiles=profiles,
+        ab=ab,
         web=web,
         web_note=web_note,
     )
@@ -302,6 +316,7 @@ def render(r: Results) -> str:
     lines += throughput_section(r)
     lines += costs_section(r)
     lines += profile_section(r)
+    lines += ab_section(r)
     lines += why_section(r)
     lines += web_section(r)
     return "\n".join(lines) + "\n"
@@ -516,6 +531,40 @@ def profile_section(r: Results) -> list[str]:
             "",
         ]
     return lines
+
+
+def ab_section(r: Results) -> list[str]:
+    p = r.plan
+    lines = [
+        "## Interleaved A/B",
+        "",
+        f"The same {', '.join(str(t) for t in p.ab_threads)} worker thread(s) alternate"
+        f" between the variants in {p.ab_slice_seconds:g} s slices ({p.ab_slices} slices,"
+        " the order rotated every cycle), so every variant sees the same machine state."
+        " **Ratio** = median queries/s over the raw held connection's. The control"
+        f" *{micro.RawPlusPython.name}* adds that much CPU per request and nothing else: it"
+        " shows what extra CPU alone costs at that thread count.",
+        "",
+    ]
+    rows = []
+    for (driver, threads), per_slice in r.ab.items():
+        raw = median(per_slice[micro.Raw.name]) if per_slice[micro.Raw.name] else 0.0
+        for name, values in per_slice.items():
+            if not values:
+                continue
+            mid = median(values)
+            rows.append(
+                [
+                    name,
+                    driver,
+                    label(threads),
+                    f"{mid:,.0f}",
+                    ratio_text(mid / raw) if raw else "-",
+                    f"{min(values):,.0f}-{max(values):,.0f}",
+                ]
+            )
+    columns = ["variant", "driver", "threads", "queries/s", "ratio", "slices' range"]
+    return [*lines, *table(columns, rows, "lllrrr"), ""]
 
 
 def why_section(r: Results) -> list[str]:

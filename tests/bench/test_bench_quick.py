@@ -82,6 +82,13 @@ def test_quick_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
     connect = section(text, "Connect cost")
     assert len(connect) >= 4 and all(number(x) > 0 for row in connect[1:] for x in row[1:])
 
+    # The interleaved A/B: raw, the plain-Python control and both tether flavours, per driver
+    # and thread count, each with queries/s measured.
+    ab = section(text, "Interleaved A/B")[1:]
+    assert len(ab) == 4 * 2 * 2, ab
+    assert {row[0] for row in ab} >= {"raw held connection", "tether Pool"}
+    assert all(number(row[3]) > 0 for row in ab), ab
+
     targets = section(text, "Targets")
     assert {row[-1] for row in targets[1:]} <= {"met", "**MISSED**"}
     assert "## Where the time goes" in text
