@@ -7,6 +7,7 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
@@ -14,6 +15,16 @@ import pytest
 import tether
 
 from .fakedriver import FakeDriver, FakeOperationalError
+
+
+def run_threads(target: Callable[..., None], args: Sequence[tuple[Any, ...]]) -> None:
+    """Run ``target(*a)`` for each ``a`` on its own thread, all at once; wait (bounded)."""
+    threads = [threading.Thread(target=target, args=a) for a in args]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not any(t.is_alive() for t in threads), "a thread is still running after 30 s"
 
 
 def test_checkout_reuses_the_threads_last_connection(make_pool: Any, fake: FakeDriver) -> None:
@@ -50,11 +61,7 @@ def test_never_more_than_max_size_under_contention(make_pool: Any, fake: FakeDri
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work) for _ in range(32)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    run_threads(work, [()] * 32)
     assert not errors
     assert fake.max_open <= 4
     assert in_use_max <= 4
@@ -372,11 +379,7 @@ def test_the_fast_path_stays_fair_and_bounded_across_threads(
         except BaseException as exc:
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker) for _ in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
+    run_threads(worker, [()] * 6)
     assert not errors
     stats = pool.stats()
     assert stats["checkouts"] == 6 * 300 and stats.in_use == 0
@@ -442,11 +445,7 @@ def test_threadlocal_pool_keeps_one_connection_per_thread(make_pool: Any) -> Non
                 seen.setdefault(name, set()).add(c._entry.session_id)
             time.sleep(0.001)
 
-    threads = [threading.Thread(target=work, args=(f"t{i}",)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(work, [(f"t{i}",) for i in range(4)])
     assert all(len(ids) == 1 for ids in seen.values())
     assert len(set().union(*seen.values())) == 4
 
