@@ -191,9 +191,7 @@ class PooledConnection:
     # -- DB-API
 
     def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
-        entry = self._entry
-        if entry is None or entry.broken or entry.raw is None or self._gen != entry.gen:
-            entry = self._use()
+        entry = self._use()
         raw_cursor = self._raw.cursor(*args, **kwargs)
         # The connection's default cursor class was looked at when it was opened.
         unbuffered = (

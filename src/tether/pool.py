@@ -497,6 +497,8 @@ class Pool:
             if last.state is not IDLE or last.tainted or self._closed or self._leaked:
                 return None
             del self._idle[last]
+            # _mark_in_use_locked, less what is already true of this thread's own last
+            # connection (owner, holder, _local.last).
             last.state = IN_USE
             self._in_use[last] = None
             self._counters["checkouts"] += 1
@@ -933,13 +935,6 @@ class Pool:
             and entry.pid == self._pid
         ):
             entry.returned_at = entry.last_active = now
-            if now < entry.expires:
-                with self._lock:
-                    if not self._waiters and not self._closed and entry.state is IN_USE:
-                        del self._in_use[entry]
-                        entry.state = IDLE
-                        self._idle[entry] = None
-                        return
             self._checkin(entry)
             return
         reason = self._clean(entry)
