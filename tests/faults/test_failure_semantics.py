@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -15,28 +15,6 @@ import tether
 from tether.testing import FaultProxy, MariaDBServer
 
 pytestmark = pytest.mark.faults
-
-FLAVOURS = [tether.Pool, tether.ThreadLocalPool]
-
-
-@pytest.fixture(params=FLAVOURS, ids=["Pool", "ThreadLocalPool"])
-def flavour(request: pytest.FixtureRequest) -> type[tether.Pool]:
-    return request.param  # type: ignore[no-any-return]
-
-
-@pytest.fixture
-def pools(driver: str, flavour: type[tether.Pool]) -> Iterator[Callable[..., tether.Pool]]:
-    made: list[tether.Pool] = []
-
-    def make(dsn: str, **kwargs: Any) -> tether.Pool:
-        kwargs.setdefault("driver", driver)
-        pool = flavour(dsn, **kwargs)
-        made.append(pool)
-        return pool
-
-    yield make
-    for pool in made:
-        pool.close()
 
 
 def ledger(server: MariaDBServer) -> None:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -15,28 +14,15 @@ import pytest
 import tether
 from tether.testing import MariaDBServer
 
-FLAVOURS = [tether.Pool, tether.ThreadLocalPool]
-
-
-@pytest.fixture(params=FLAVOURS, ids=["Pool", "ThreadLocalPool"])
-def flavour(request: pytest.FixtureRequest) -> type[tether.Pool]:
-    return request.param  # type: ignore[no-any-return]
-
 
 @pytest.fixture
-def make_pool(db: MariaDBServer, driver: str, flavour: type[tether.Pool]) -> Iterator[Any]:
-    pools: list[tether.Pool] = []
+def make_pool(db: MariaDBServer, pools: Any) -> Any:
+    """``pools`` with the private server's DSN unless a ``dsn=`` is given."""
 
     def make(**kwargs: Any) -> tether.Pool:
-        kwargs.setdefault("driver", driver)
-        dsn = kwargs.pop("dsn", None) or db.dsn()
-        pool = flavour(dsn, **kwargs)
-        pools.append(pool)
-        return pool
+        return pools(kwargs.pop("dsn", None) or db.dsn(), **kwargs)
 
-    yield make
-    for pool in pools:
-        pool.close()
+    return make
 
 
 def one(conn: Any, sql: str, args: Any = None) -> Any:
