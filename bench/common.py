@@ -1,5 +1,5 @@
-"""What the benchmarks share: the throwaway server and its table, driver arguments, the
-machine's description, CPU accounting and Markdown tables."""
+"""What the benchmarks share: the throwaway server and its table, driver arguments, CPU
+placement, the machine's description, CPU accounting and Markdown tables."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import platform
 import statistics
 import sys
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,93 @@ class ConnectionCounter:
 
     def close(self) -> None:
         self._conn.close()
+
+
+# ----------------------------------------------------------------------------- CPU placement
+
+SEPARATE, SHARED, UNPINNED = "separate", "shared", "unpinned"
+LAYOUTS = (SEPARATE, SHARED, UNPINNED)
+
+
+class LayoutUnavailable(Exception):
+    """The machine, or this process's rights, cannot give the CPU layout asked for."""
+
+
+def _tids(pid: int) -> list[int]:
+    """The process's threads now; none when it is gone."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _pin(pid: int, cpus: set[int], saved: dict[int, set[int]]) -> None:
+    """Every thread of ``pid`` onto ``cpus``, each one's previous mask kept in ``saved``.
+    Lists the threads again until no new one shows up: one started meanwhile by a thread
+    not yet pinned would keep its creator's mask."""
+    for _ in range(5):
+        new = [tid for tid in _tids(pid) if tid not in saved]
+        if not new:
+            return
+        for tid in new:
+            try:
+                saved[tid] = os.sched_getaffinity(tid)
+                os.sched_setaffinity(tid, cpus)
+            except ProcessLookupError:  # the thread ended meanwhile
+                saved.pop(tid, None)
+
+
+def _restore(saved: dict[int, dict[int, set[int]]]) -> None:
+    """Previous masks back; a thread started while pinned gets its process's previous mask.
+    Best effort: a thread that has ended, or refuses, is skipped."""
+    for pid, masks in saved.items():
+        default = masks.get(pid)
+        for tid in _tids(pid):
+            mask = masks.get(tid, default)
+            if mask is not None:
+                with suppress(OSError):
+                    os.sched_setaffinity(tid, mask)
+
+
+@contextmanager
+def pinned(server: MariaDBServer, layout: str) -> Iterator[str]:
+    """Puts every thread of this process and of the server on fixed CPUs for the block and
+    yields where they run. ``separate``: this process on the first CPU it may use, the server
+    on the second; ``shared``: both on the first; ``unpinned``: no change, the scheduler
+    places them. Where the scheduler puts the server's thread beside the client's changes a
+    request's time (on a 2-vCPU machine one thread on one connection alternated between two
+    speeds about 3x apart), which swamps a few µs of pool work; pinned, it does not move.
+
+    Threads started inside the block inherit their creator's CPUs (the client's workers must
+    start inside it). On exit every thread gets its previous mask back. Raises
+    :class:`LayoutUnavailable`, with nothing changed, when the layout cannot be had."""
+    if layout == UNPINNED:
+        yield "not pinned: the scheduler places client and server threads"
+        return
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; one of {', '.join(LAYOUTS)}")
+    allowed = sorted(os.sched_getaffinity(0))
+    if layout == SEPARATE and len(allowed) < 2:
+        raise LayoutUnavailable(f"this process may use {len(allowed)} CPU, separate cores need 2")
+    client_cpu = allowed[0]
+    server_cpu = allowed[1] if layout == SEPARATE else client_cpu
+    server_pid = server.pid
+    if server_pid is None:
+        raise LayoutUnavailable("the server is not running")
+    saved: dict[int, dict[int, set[int]]] = {}  # pid -> thread id -> previous mask
+    try:
+        _pin(server_pid, {server_cpu}, saved.setdefault(server_pid, {}))
+        _pin(os.getpid(), {client_cpu}, saved.setdefault(os.getpid(), {}))
+    except OSError as exc:
+        _restore(saved)
+        raise LayoutUnavailable(f"setting CPU affinity failed: {exc}") from exc
+    try:
+        if layout == SEPARATE:
+            yield f"client on CPU {client_cpu}, server on CPU {server_cpu}"
+        else:
+            yield f"client and server on CPU {client_cpu}"
+    finally:
+        _restore(saved)
 
 
 # ----------------------------------------------------------------------------- the machine

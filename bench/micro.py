@@ -34,6 +34,7 @@ from common import (
 )
 
 import tether
+from tether.connection import cursor_class
 from tether.testing import MariaDBServer
 
 WARMUP_TIMEOUT = 60.0  # every thread's first request (its connect) must be done by then
@@ -559,6 +560,9 @@ FULL_LOCAL = "tether ThreadLocalPool"
 class _StubCursor:
     """A cursor that does no I/O: what is left of a query is the proxy's own work."""
 
+    def __init__(self, connection: Any = None) -> None:
+        self.connection = connection
+
     def execute(self, query: Any, args: Any = None) -> int:
         return 1
 
@@ -571,7 +575,7 @@ class _StubCursor:
 
 class _StubConnection:
     def cursor(self, *args: Any, **kwargs: Any) -> _StubCursor:
-        return _StubCursor()
+        return _StubCursor(self)
 
 
 @dataclass
@@ -622,14 +626,18 @@ def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakd
             if callable(status):
                 status_read = per_call_us(status, 0.2)
             real = getattr(conn, "_raw", None)
-            if real is not None:
+            entry = getattr(conn, "_entry", None)
+            if real is not None and entry is not None:
                 stub = _StubConnection()
                 direct = per_call_us(lambda: query(stub, 1), 0.2)
-                conn._raw = stub
+                # The proxy makes tether's subclass of the connection's cursor class: here,
+                # of the stub's.
+                real_class = entry.cursor_class
+                conn._raw, entry.cursor_class = stub, cursor_class(_StubCursor, False)
                 try:
                     proxied = per_call_us(lambda: query(conn, 1), 0.2)
                 finally:
-                    conn._raw = real
+                    conn._raw, entry.cursor_class = real, real_class
                 proxy_alone = proxied - direct
     return Breakdown(
         cpu={k: median(v) for k, v in cpu.items()},

@@ -14,10 +14,11 @@ out to be broken, it decides whether the statement can be replayed on a fresh co
 from __future__ import annotations
 
 import contextlib
+import functools
 import re
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from . import drivers as _drivers
 from .classify import ErrorKind, classify
@@ -26,7 +27,7 @@ from .errors import ConnectionReleased, OutcomeUnknown, TransactionLost, driver_
 if TYPE_CHECKING:
     from .pool import Pool, _Entry
 
-__all__ = ["Cursor", "PooledConnection", "is_read_only"]
+__all__ = ["Cursor", "PooledConnection", "cursor_class", "is_read_only"]
 
 _monotonic = time.monotonic
 _IN_TRANS = _drivers.STATUS_IN_TRANS
@@ -190,18 +191,33 @@ class PooledConnection:
 
     # -- DB-API
 
-    def cursor(self, *args: Any, **kwargs: Any) -> Cursor:
-        entry = self._use()
-        raw_cursor = self._raw.cursor(*args, **kwargs)
-        # The connection's default cursor class was looked at when it was opened.
-        unbuffered = (
-            self._pool._driver.is_unbuffered(raw_cursor)
-            if args or kwargs
-            else entry.default_unbuffered
-        )
-        if unbuffered:
+    def cursor(self, *args: Any, **kwargs: Any) -> Any:
+        """A cursor of the driver's own class (or of the class given, as the driver takes
+        it), extended by :class:`tether.Cursor`."""
+        entry = self._entry
+        if entry is None or entry.broken or entry.raw is None or self._gen != entry.gen:
+            entry = self._use()
+        raw = self._raw
+        if args or kwargs:
+            # The cursor class, given the way the driver's cursor() takes it (positional;
+            # PyMySQL's cursor=, mysqlclient's cursorclass=).
+            base = args[0] if len(args) == 1 and not kwargs else None
+            if not args and len(kwargs) == 1:
+                base = kwargs.get("cursor", kwargs.get("cursorclass"))
+            if not isinstance(base, type):
+                raise TypeError(
+                    "cursor() takes one argument, the driver's cursor class"
+                    f" (got {args!r}, {kwargs!r})"
+                )
+            cur = cursor_class(base, self._pool._driver.is_unbuffered(base))(raw)
+        else:
+            cur = entry.cursor_class(raw)
+        cur._tether_conn = self
+        cur._tether_gen = entry.gen
+        if cur._tether_unbuffered:
+            cur._tether_open = True
             entry.unbuffered += 1
-        return Cursor(self, raw_cursor, args, kwargs, unbuffered)
+        return cur
 
     def begin(self) -> None:
         """Start a transaction (``BEGIN``)."""
@@ -345,8 +361,16 @@ class PooledConnection:
         code = driver.error_code(exc) or 2013
         # PyMySQL's InterfaceError(0) means the socket was already gone: nothing was sent.
         not_sent = code in _NOT_SENT or isinstance(exc, driver.InterfaceError)
+        autocommit = pool.autocommit
+        if entry.status is not None:
+            if entry.raw is not None:
+                # What the driver kept of the last reply it read: a nextset(), a close that
+                # drained results or the driver's connection used directly may have moved
+                # the session on since the last statement. Either source saying "in a
+                # transaction" or "autocommit" is believed: both lead to the stricter rule.
+                before |= entry.status()
+            autocommit = bool(before & _AUTOCOMMIT)
         in_transaction = bool(before & _IN_TRANS) or what == "COMMIT"
-        autocommit = bool(before & _AUTOCOMMIT) if entry.status is not None else pool.autocommit
         if what == "COMMIT":
             if not_sent:
                 pool._count("transactions_lost")
@@ -425,32 +449,24 @@ def _lost(driver: _drivers.Driver, code: int, where: str, exc: Exception) -> Bas
 
 
 class Cursor:
-    """A cursor of a pooled connection: the driver's cursor, with replay-or-raise on a lost
-    connection and session-state tracking."""
+    """Mixed into the driver's own cursor class: every cursor a pooled connection hands out is
+    an instance of both ``tether.Cursor`` and the driver's class (``pymysql.cursors.Cursor``,
+    ``MySQLdb.cursors.DictCursor``, ...). Fetching, iterating, ``description``, ``rowcount``
+    and ``close()`` are the driver's own, at the driver's own cost; ``execute``,
+    ``executemany`` and ``callproc`` add replay-or-raise on a lost connection and keep the
+    session's status bits. ``cursor.connection`` is the driver's connection, as the driver's
+    cursor code needs it to be: use the pooled connection for anything else.
+    """
 
-    __slots__ = ("__weakref__", "_args", "_conn", "_cur", "_gen", "_kwargs", "_unbuffered")
+    __slots__ = ()
 
-    def __init__(
-        self,
-        conn: PooledConnection,
-        cur: Any,
-        args: Sequence[Any],
-        kwargs: dict[str, Any],
-        unbuffered: bool,
-    ) -> None:
-        self._conn = conn
-        self._cur = cur
-        self._gen = conn._gen
-        self._args = args
-        self._kwargs = kwargs
-        self._unbuffered = unbuffered
-
-    def _fresh(self, raw: Any) -> Any:
-        # After a replay the connection is a new one: so is the cursor.
-        if self._gen != self._conn._gen:
-            self._cur = raw.cursor(*self._args, **self._kwargs)
-            self._gen = self._conn._gen
-        return self._cur
+    # Set by cursor_class(): the driver's cursor class this one extends, and whether it
+    # streams rows from the server (rows left unread make the connection unusable).
+    _tether_base: ClassVar[type[Any]]
+    _tether_unbuffered: ClassVar[bool] = False
+    # Set on each instance by PooledConnection.cursor().
+    _tether_conn: PooledConnection
+    _tether_gen: int
 
     def execute(
         self,
@@ -464,134 +480,122 @@ class Cursor:
         connection in autocommit mode (it must be safe to run twice). ``timeout`` bounds this
         statement on the server (MariaDB ``max_statement_time``; MySQL: SELECT only); the
         server aborts it with an error and the connection stays usable."""
-        conn = self._conn
-        if timeout is not None:
-            query = conn._pool._with_statement_timeout(query, timeout)
+        conn = self._tether_conn
         entry = conn._entry
-        if entry is None or entry.broken or conn._gen != entry.gen or self._gen != conn._gen:
-            entry = conn._use()
-        else:
-            # Hot path, inlined: one status read after the statement, nothing before it.
-            before = entry.last_status
-            entry.busy_since = _monotonic()
-            try:
-                result = self._cur.execute(query, args)
-            except Exception as exc:
-                entry.busy_since = 0.0
-                return conn._failed(
-                    entry,
-                    exc,
-                    before,
-                    lambda raw: self._fresh(raw).execute(query, args),
-                    "execute",
-                    query,
-                    idempotent,
-                )
+        if timeout is not None or entry is None or entry.broken or self._tether_gen != entry.gen:
+            return self._tether_run("execute", query, args, idempotent, timeout)
+        # The hot path: nothing before the statement but a timestamp for the watchdog, one
+        # status read after it.
+        entry.busy_since = _monotonic()
+        try:
+            result = self._tether_base.execute(self, query, args)
+        except Exception as exc:
             entry.busy_since = 0.0
-            status = entry.status
-            if status is not None:  # inlined _read_status: this is the hot path
-                bits = status()
-                entry.last_status = bits
-                if bits & _STATE_CHANGED:
-                    entry.session_dirty = True
-                    conn._pool._driver.clear_state_flag(conn._raw)
-            return result
-        return conn._run(
-            entry,
-            lambda raw: self._fresh(raw).execute(query, args),
-            "execute",
-            statement=query,
-            replayable=idempotent,
-        )
+            return conn._failed(
+                entry,
+                exc,
+                entry.last_status,
+                self._tether_redo("execute", query, args),
+                "execute",
+                query,
+                idempotent,
+            )
+        entry.busy_since = 0.0
+        status = entry.status
+        if status is not None:
+            bits = status()
+            entry.last_status = bits
+            if bits & _STATE_CHANGED:
+                entry.session_dirty = True
+                conn._pool._driver.clear_state_flag(entry.raw)
+        return result
 
     def executemany(self, query: str | bytes, args: Sequence[Any]) -> Any:
         """Like the driver's; never replayed after a lost connection unless read-only (some
         rows may already have been written)."""
-        conn = self._conn
-        entry = conn._use()
-        return conn._run(
-            entry,
-            lambda raw: self._fresh(raw).executemany(query, args),
-            "executemany",
-            statement=query,
-            replayable=is_read_only(query),
-        )
+        return self._tether_run("executemany", query, args, is_read_only(query), None)
 
     def callproc(self, procname: str, args: Sequence[Any] = ()) -> Any:
-        conn = self._conn
+        return self._tether_run("callproc", f"CALL {procname}", (procname, args), False, None)
+
+    def _tether_redo(self, method: str, query: Any, args: Any) -> Any:
+        """``call(raw)`` for PooledConnection._run: the driver's ``method`` on ``raw``,
+        rebinding this cursor first when the connection was replaced (a replay)."""
+        base = self._tether_base
+
+        def call(raw: Any) -> Any:
+            conn = self._tether_conn
+            entry = conn._entry
+            if entry is not None and self._tether_gen != entry.gen:
+                base.__init__(self, raw)  # a fresh cursor state on the fresh connection
+                self._tether_gen = entry.gen  # type: ignore[misc]  # an instance of a subclass with a __dict__
+            if method == "execute":
+                return base.execute(self, query, args)
+            if method == "callproc":
+                return base.callproc(self, *args)
+            # The driver's executemany may call self.execute per row: for the duration, that
+            # is the driver's own (the whole batch has one replay-or-raise decision).
+            self.execute = functools.partial(base.execute, self)  # type: ignore[method-assign]
+            try:
+                return base.executemany(self, query, args)
+            finally:
+                del self.execute
+
+        return call
+
+    def _tether_run(
+        self,
+        method: str,
+        query: str | bytes,
+        args: Any,
+        replayable: bool | None,
+        timeout: float | None,
+    ) -> Any:
+        conn = self._tether_conn
+        if timeout is not None:
+            query = conn._pool._with_statement_timeout(query, timeout)
         entry = conn._use()
         return conn._run(
             entry,
-            lambda raw: self._fresh(raw).callproc(procname, args),
-            "callproc",
-            statement=f"CALL {procname}",
-            replayable=False,
+            self._tether_redo(method, query, args),
+            method,
+            statement=query,
+            replayable=replayable,
         )
 
+
+class _UnbufferedCursor(Cursor):
+    """A streaming cursor: the pool counts it open until closed (a connection given back with
+    a result still streaming is closed, not reused)."""
+
+    __slots__ = ()
+    _tether_unbuffered = True
+
     def close(self) -> None:
-        cur, self._cur = self._cur, None
-        if cur is None:
-            return
-        conn = self._conn
-        entry = conn._entry
-        if entry is None or not (
-            self._unbuffered
-            or entry.last_status & _MORE_RESULTS
-            or not conn._pool._driver.more_results_in_status
-        ):
-            cur.close()
-            return
-        # Closing may read what is left of the result (a streamed one, or more result sets),
-        # whose last packet carries fresh status bits.
+        counted = self.__dict__.pop("_tether_open", False)
         try:
-            cur.close()
+            self._tether_base.close(self)
         finally:
-            if self._unbuffered:
-                self._unbuffered = False
-                if entry.unbuffered > 0:
-                    entry.unbuffered -= 1
-            if entry.raw is not None and not entry.broken:
-                conn._read_status(entry)
+            entry = self._tether_conn._entry
+            if counted and entry is not None and entry.unbuffered > 0:
+                entry.unbuffered -= 1
 
-    def nextset(self) -> Any:
-        """Move to the next result set (multi-statement queries and procedures)."""
-        conn = self._conn
-        entry = conn._entry
-        if entry is None or self._cur is None:
-            raise ConnectionReleased("this cursor is closed")
-        result = self._cur.nextset()
-        conn._read_status(entry)
-        return result
 
-    def __enter__(self) -> Cursor:
-        return self
+_cursor_classes: dict[tuple[type[Any], bool], type[Any]] = {}
 
-    def __exit__(self, *exc: object) -> None:
-        if self._cur is not None:
-            self.close()
 
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self._cur)
-
-    def fetchone(self) -> Any:
-        return self._cur.fetchone()
-
-    def fetchall(self) -> Any:
-        return self._cur.fetchall()
-
-    def fetchmany(self, size: int | None = None) -> Any:
-        if size is None:
-            return self._cur.fetchmany()
-        return self._cur.fetchmany(size)
-
-    @property
-    def connection(self) -> PooledConnection:
-        return self._conn
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__") or name in self.__slots__:
-            raise AttributeError(name)
-        cur = self._cur
-        if cur is None:
-            raise ConnectionReleased("this cursor is closed")
-        return getattr(cur, name)
+def cursor_class(base: type[Any], unbuffered: bool) -> type[Any]:
+    """The tether subclass of the driver's cursor class ``base`` (made once per class)."""
+    key = (base, unbuffered)
+    cls = _cursor_classes.get(key)
+    if cls is None:
+        if issubclass(base, Cursor):
+            return base
+        if not base.__dictoffset__:
+            raise TypeError(f"cursor class {base.__qualname__} uses __slots__: not supported")
+        mixin = _UnbufferedCursor if unbuffered else Cursor
+        namespace = {"__slots__": (), "_tether_base": base, "__module__": "tether"}
+        cls = type(base.__name__, (mixin, base), namespace)
+        cls.__qualname__ = f"{mixin.__name__}[{base.__module__}.{base.__qualname__}]"
+        _cursor_classes[key] = cls
+    return cls

@@ -174,9 +174,9 @@ class Driver:
         """The driver's cursor class that streams rows instead of buffering them."""
         return self.module.cursors.SSCursor
 
-    def is_unbuffered(self, cursor: Any) -> bool:
-        """Whether the cursor streams rows from the server (rows left unread make the
-        connection unusable until they are drained)."""
+    def is_unbuffered(self, cursor_class: type[Any]) -> bool:
+        """Whether cursors of this class stream rows from the server (rows left unread make
+        the connection unusable until they are drained)."""
         return False
 
     def error_code(self, exc: BaseException) -> int | None:
@@ -335,8 +335,8 @@ class PyMySQLDriver(Driver):
         raw._read_ok_packet()
         return True
 
-    def is_unbuffered(self, cursor: Any) -> bool:
-        return isinstance(cursor, self.module.cursors.SSCursor)
+    def is_unbuffered(self, cursor_class: type[Any]) -> bool:
+        return issubclass(cursor_class, self.module.cursors.SSCursor)
 
     def close(self, raw: Any) -> None:
         # A streaming result left unread would try to drain itself from the closed socket
@@ -474,8 +474,8 @@ class MySQLClientDriver(Driver):
             raise self.OperationalError(raw.errno(), raw.error())
         return True
 
-    def is_unbuffered(self, cursor: Any) -> bool:
-        return isinstance(cursor, self.module.cursors.CursorUseResultMixIn)
+    def is_unbuffered(self, cursor_class: type[Any]) -> bool:
+        return issubclass(cursor_class, self.module.cursors.CursorUseResultMixIn)
 
 
 _drivers: dict[str, Driver] = {}

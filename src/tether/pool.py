@@ -33,7 +33,7 @@ from typing import Any
 
 from . import drivers as _drivers
 from .classify import ErrorKind, classify
-from .connection import PooledConnection, first_word
+from .connection import PooledConnection, cursor_class, first_word
 from .dsn import DSN, parse_dsn
 from .errors import PoolClosed, PoolTimeout
 from .stats import SAMPLES, PoolStats, percentiles
@@ -45,9 +45,13 @@ logger = logging.getLogger("tether")
 _monotonic = time.monotonic
 _getpid = os.getpid
 _get_ident = threading.get_ident
+_getframe = sys._getframe
 _POLL_BAD = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP | select.POLLNVAL
 
 _CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
+# What a return looks at: the clean bits, plus a session state change or results left unread
+# (either sends the return down the slow path).
+_RELEASE_MASK = _CLEAN_MASK | _drivers.STATUS_SESSION_STATE_CHANGED | _drivers.STATUS_MORE_RESULTS
 # A connection the thread gave back less than this long ago (a tight loop) is handed out again
 # without the poll() of its socket: a server-side close in so short a gap is as likely as one
 # a moment after the poll, and the poll is a system call that also lets go of the GIL, which
@@ -107,7 +111,7 @@ class _Entry:
         "busy_since",
         "checked_out_at",
         "created",
-        "default_unbuffered",
+        "cursor_class",
         "expires",
         "fd",
         "gen",
@@ -157,13 +161,14 @@ class _Entry:
         self.state = BUSY
         self.owner: int | None = None  # thread ident of the last borrower
         self.holder: threading.Thread | None = None
-        self.acquired: tuple[Any, int] | None = None
+        self.acquired: tuple[Any, int] | None = None  # (code, instruction offset)
         self.stack: traceback.StackSummary | None = None
         self.session_dirty = False  # the server flagged a session state change
         self.tainted = False  # used in ways that leave unknown state
         self.broken = False  # lost its connection; replaced before the next statement
         self.unbuffered = 0  # open streaming cursors
-        self.default_unbuffered = False  # the connection's default cursor class streams
+        # tether's subclass of the connection's default cursor class (set once opened).
+        self.cursor_class: type[Any] = type(None)
         self.leak_reported = False
         self.watchdog_fired = False  # the watchdog broke the socket of a stuck call
         self.gen = 0  # bumped when the server connection is replaced in place
@@ -174,7 +179,12 @@ class _Entry:
             return "".join(traceback.format_list(self.stack)).rstrip()
         if self.acquired is None:
             return "unknown"
-        code, line = self.acquired
+        code, offset = self.acquired
+        line = code.co_firstlineno
+        for start, end, number in code.co_lines():
+            if start <= offset < end and number is not None:
+                line = number
+                break
         return f"{code.co_filename}:{line} in {code.co_name}"
 
 
@@ -282,6 +292,11 @@ class Pool:
         self._clean_bits = _drivers.STATUS_AUTOCOMMIT if autocommit else 0
         if not autocommit and not self._driver.status_after_results:
             self._clean_bits = -1
+        self._release_mask = _RELEASE_MASK
+        if not self._driver.more_results_in_status:
+            # The bit may be left over from an earlier packet: results are drained by the
+            # driver's close() instead.
+            self._release_mask &= ~_drivers.STATUS_MORE_RESULTS
         self.query_timeout = query_timeout
         self.error_kinds = dict(error_kinds or {})
         self._connect_args = args
@@ -363,11 +378,45 @@ class Pool:
         when none can be had within ``timeout`` (default: the pool's), :class:`PoolClosed`
         after :meth:`close`, and the driver's error at once for wrong credentials.
         """
-        entry = self._own_idle(timeout)
+        # The hot path, inline: this thread's last connection, idle, fresh and with a quiet
+        # socket, taken with one short hold of the lock. Every other case (waiting, opening,
+        # takeovers, forks, a bad timeout) is _checkout's.
+        entry: _Entry | None = None
+        last: _Entry | None = getattr(self._local, "last", None)
+        if (
+            last is not None
+            and last.state is IDLE  # a hint; decided under the lock
+            and last.owner == _get_ident()
+            and (timeout is None or timeout > 0)
+            and _getpid() == self._pid
+        ):
+            with self._lock:
+                if last.state is IDLE and not (last.tainted or self._closed or self._leaked):
+                    # _mark_in_use_locked, less what is already true of this thread's own
+                    # last connection (owner, holder, _local.last).
+                    del self._idle[last]
+                    last.state = IN_USE
+                    self._in_use[last] = None
+                    self._counters["checkouts"] += 1
+                    entry = last
+            if entry is not None:
+                now = entry.checked_out_at = _monotonic()
+                idle = now - entry.last_active
+                if not (
+                    now < entry.expires
+                    and idle < self._fresh_for
+                    and entry.pid == self._pid
+                    and (idle < _TRUSTED or not entry.poller.poll(0))
+                ) and not self._usable(entry):
+                    # Expired, idle past the ping window or with a readable socket: the full
+                    # check pinged or replaced it; the slow path finds or opens another.
+                    entry = None
         if entry is None:
             entry = self._checkout(self.timeout if timeout is None else timeout)
-        f = sys._getframe(1)
-        entry.acquired = (f.f_code, f.f_lineno)
+        # Where it was acquired, for leak reports and timeout messages: the code and the
+        # instruction offset (the line number is worked out only when it is needed).
+        f = _getframe(1)
+        entry.acquired = (f.f_code, f.f_lasti)
         if self.leak_timeout is not None:
             frames = traceback.StackSummary.extract(
                 traceback.walk_stack(f), limit=12, lookup_lines=False
@@ -480,40 +529,6 @@ class Pool:
         )
 
     # ------------------------------------------------------------------ checkout
-
-    def _own_idle(self, timeout: float | None) -> _Entry | None:
-        """The hot path: this thread's last connection, idle, fresh and with a quiet socket,
-        taken with one short hold of the lock. ``None`` leaves every other case (waiting,
-        opening, takeovers, forks, a bad ``timeout``) to :meth:`_checkout`."""
-        last: _Entry | None = getattr(self._local, "last", None)
-        if (
-            last is None
-            or last.owner != _get_ident()
-            or (timeout is not None and not timeout > 0)
-            or _getpid() != self._pid
-        ):
-            return None
-        with self._lock:
-            if last.state is not IDLE or last.tainted or self._closed or self._leaked:
-                return None
-            del self._idle[last]
-            # _mark_in_use_locked, less what is already true of this thread's own last
-            # connection (owner, holder, _local.last).
-            last.state = IN_USE
-            self._in_use[last] = None
-            self._counters["checkouts"] += 1
-        now = last.checked_out_at = _monotonic()
-        idle = now - last.last_active
-        if (
-            now < last.expires
-            and idle < self._fresh_for
-            and last.pid == self._pid
-            and (idle < _TRUSTED or not last.poller.poll(0))
-        ):
-            return last
-        # Expired, idle past the ping window or with a readable socket: the full check,
-        # which pings or replaces (and then the slow path opens or finds another).
-        return last if self._usable(last) else None
 
     def _checkout(self, timeout: float) -> _Entry:
         if timeout <= 0:
@@ -794,7 +809,7 @@ class Pool:
                 keepalive_count=KEEPALIVE_COUNT,
                 user_timeout_ms=USER_TIMEOUT_MS,
             )
-            default_unbuffered = self._setup_session(raw)
+            cursor_class = self._setup_session(raw)
             if self.server is None:
                 self._adopt_server_limits(ServerLimits(driver.execute(raw, ServerLimits.QUERY)[0]))
         except BaseException:
@@ -810,20 +825,20 @@ class Pool:
             now,
             self._expiry(now),
         )
-        entry.default_unbuffered = default_unbuffered
+        entry.cursor_class = cursor_class
         with self._lock:
             self._counters["opened"] += 1
         logger.debug("%s: opened connection %d", self.name, entry.session_id)
         return entry
 
-    def _setup_session(self, raw: Any) -> bool:
+    def _setup_session(self, raw: Any) -> type[Any]:
         """Per-session set-up, one statement where possible: ask the server to flag every
         change of session state (user and system variables, schema, temporary tables,
         prepared statements) in its replies, so a return knows when a reset is needed.
-        Returns whether the connection's default cursor class streams its rows."""
+        Returns tether's subclass of the connection's default cursor class."""
         driver = self._driver
         cur = raw.cursor()
-        unbuffered = driver.is_unbuffered(cur)
+        base = type(cur)
         try:
             cur.execute("SET " + self._session_settings(raw))
             for statement in self.init_commands:
@@ -831,7 +846,7 @@ class Pool:
         finally:
             cur.close()
         driver.clear_state_flag(raw)
-        return unbuffered
+        return cursor_class(base, driver.is_unbuffered(base))
 
     def _session_settings(self, raw: Any) -> str:
         """The session variables tether relies on, as one ``SET`` list."""
@@ -912,6 +927,37 @@ class Pool:
         then hand it to the first waiter or put it back in the idle set."""
         now = _monotonic()
         self._hold_times.append(now - entry.checked_out_at)
+        status = entry.status
+        if (
+            status is not None
+            and entry.state is IN_USE
+            and not (
+                entry.leak_reported
+                or entry.session_dirty
+                or entry.tainted
+                or entry.broken
+                or entry.unbuffered
+            )
+            and entry.pid == self._pid
+        ):
+            # The common case, with no round trip: the status bits of the server's last
+            # reply, read now (whatever it came through: a cursor, nextset(), a close that
+            # drained results, the driver's own connection), say no transaction is open,
+            # autocommit is as configured, the session state is unchanged and no result
+            # is left unread.
+            bits = status()
+            if bits & self._release_mask == self._clean_bits:
+                entry.last_status = bits
+                entry.returned_at = entry.last_active = now
+                with self._lock:
+                    if not self._waiters and not self._closed and now < entry.expires:
+                        # _checkin's common case.
+                        del self._in_use[entry]
+                        entry.state = IDLE
+                        self._idle[entry] = None
+                        return
+                self._checkin(entry)
+                return
         if entry.leak_reported:
             entry.leak_reported = False
             logger.warning(
@@ -924,18 +970,6 @@ class Pool:
             return
         if entry.raw is None:  # a replacement failed half-way
             self._discard(entry, "connection lost")
-            return
-        # The common case, with no round trip: the server's last reply (its status bits, kept
-        # by the proxy after every statement) says no transaction is open and autocommit is
-        # as configured, and nothing else was flagged.
-        if (
-            entry.last_status & _CLEAN_MASK == self._clean_bits
-            and entry.status is not None
-            and not (entry.session_dirty or entry.tainted or entry.broken or entry.unbuffered)
-            and entry.pid == self._pid
-        ):
-            entry.returned_at = entry.last_active = now
-            self._checkin(entry)
             return
         reason = self._clean(entry)
         if reason is not None:
@@ -958,6 +992,14 @@ class Pool:
         read_status = entry.status
         status = read_status() if read_status is not None else None
         raw = entry.raw
+        if status is not None:
+            if status & _drivers.STATUS_MORE_RESULTS and self._driver.more_results_in_status:
+                return "unread results"
+            if status & _drivers.STATUS_SESSION_STATE_CHANGED:
+                # Changed where no cursor of ours saw it (nextset(), the driver's connection).
+                entry.session_dirty = True
+                self._driver.clear_state_flag(raw)
+                status &= ~_drivers.STATUS_SESSION_STATE_CHANGED
         try:
             if (
                 status is None
@@ -1112,7 +1154,7 @@ class Pool:
             "created",
             "expires",
             "session_id",
-            "default_unbuffered",
+            "cursor_class",
             "last_status",
             "last_active",
         ):

@@ -105,6 +105,48 @@ def test_disconnect_inside_a_transaction_is_transaction_lost(db: MariaDBServer, 
         assert run(conn, "SELECT 1")[0][0] == 1
 
 
+def test_executemany_is_replayed_only_when_nothing_can_repeat(
+    db: MariaDBServer, pools: Any
+) -> None:
+    # A batch of writes on a killed session: the caller hears the outcome is unknown (some
+    # rows may have been written), never a silent rerun; a batch of reads is replayed.
+    ledger(db)
+    pool = pools(db.dsn())
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        for statement, batch in (
+            ("INSERT INTO ledger VALUES (%s, %s)", [(1, "a"), (2, "b")]),  # one multi-row INSERT
+            ("UPDATE ledger SET note = %s WHERE id = %s", [("x", 1), ("y", 2)]),  # row by row
+        ):
+            db.kill_sessions(ids=[session_of(conn)])
+            time.sleep(0.1)
+            with pytest.raises(tether.OutcomeUnknown):
+                cur.executemany(statement, batch)
+        db.kill_sessions(ids=[session_of(conn)])
+        time.sleep(0.1)
+        cur.executemany("SELECT %s", [(1,), (2,)])  # read-only: replayed, no error
+        cur.close()
+    assert rows(db) == 0  # the killed sessions ran nothing
+    assert pool.stats()["outcomes_unknown"] == 2 and pool.stats()["replays"] == 1
+
+
+def test_executemany_inside_a_transaction_is_transaction_lost(
+    db: MariaDBServer, pools: Any
+) -> None:
+    ledger(db)
+    pool = pools(db.dsn())
+    with pool.connection() as conn:
+        session = session_of(conn)
+        conn.begin()
+        cur = conn.cursor()
+        cur.executemany("INSERT INTO ledger VALUES (%s, %s)", [(1, "a"), (2, "b")])
+        db.kill_sessions(ids=[session])
+        time.sleep(0.1)
+        with pytest.raises(tether.TransactionLost):
+            cur.executemany("UPDATE ledger SET note = %s WHERE id = %s", [("x", 1), ("y", 2)])
+    assert rows(db) == 0
+
+
 def test_sql_begin_counts_as_a_transaction_too(db: MariaDBServer, pools: Any) -> None:
     ledger(db)
     pool = pools(db.dsn())

@@ -424,3 +424,82 @@ def test_connects_with_and_without_a_database_share_one_driver(db: MariaDBServer
     with tether.Pool(no_db, driver="pymysql") as without_db:
         with without_db.connection() as conn:
             assert one(conn, "SELECT DATABASE()") is None
+
+
+def cursor_classes(driver: str) -> tuple[Any, Any, str]:
+    """The driver's default and dict cursor classes, and the keyword its cursor() takes."""
+    if driver == "pymysql":
+        import pymysql.cursors
+
+        return pymysql.cursors.Cursor, pymysql.cursors.DictCursor, "cursor"
+    import MySQLdb.cursors
+
+    return MySQLdb.cursors.Cursor, MySQLdb.cursors.DictCursor, "cursorclass"
+
+
+def test_cursors_are_the_drivers_own_classes(make_pool: Any, driver: str) -> None:
+    default, dict_cursor, keyword = cursor_classes(driver)
+    pool = make_pool()
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        assert isinstance(cur, default) and isinstance(cur, tether.Cursor)
+        cur.execute("SELECT 1 AS a")
+        assert cur.fetchone() == (1,) and cur.rowcount == 1
+        cur.close()
+        for made in (conn.cursor(dict_cursor), conn.cursor(**{keyword: dict_cursor})):
+            assert isinstance(made, dict_cursor) and isinstance(made, tether.Cursor)
+            made.execute("SELECT 1 AS a")
+            assert made.fetchone() == {"a": 1}
+            made.close()
+        with pytest.raises(TypeError, match="cursor class"):
+            conn.cursor(dict_cursor, 1)
+        kept = conn.cursor()
+    with pytest.raises(tether.ConnectionReleased):
+        kept.execute("SELECT 1")
+
+
+def test_executemany_and_callproc_go_through_the_pool(make_pool: Any, db: MariaDBServer) -> None:
+    db.execute_admin(f"CREATE TABLE {db.database}.many (id INT PRIMARY KEY)")
+    db.execute_admin(f"CREATE PROCEDURE {db.database}.twice(IN x INT) BEGIN SELECT x * 2; END")
+    pool = make_pool()
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        # Both the driver's multi-row INSERT and its row-by-row path.
+        assert cur.executemany("INSERT INTO many VALUES (%s)", [(1,), (2,), (3,)]) == 3
+        cur.executemany("UPDATE many SET id = id + 10 WHERE id = %s", [(1,), (2,)])
+        assert one(conn, "SELECT SUM(id) FROM many") == 11 + 12 + 3
+        cur.callproc("twice", (21,))
+        assert cur.fetchone()[0] == 42
+        cur.close()
+    with pool.connection() as conn:
+        assert one(conn, "SELECT 5") == 5
+    stats = pool.stats()
+    assert stats.in_use == 0 and stats.closed_by_reason == {}
+
+
+def test_a_transaction_opened_through_the_drivers_connection_is_rolled_back(
+    make_pool: Any, db: MariaDBServer
+) -> None:
+    # cursor.connection is the driver's own connection: whatever is done through it, the
+    # return reads the server's status bits afresh and sees the open transaction.
+    db.execute_admin(f"CREATE TABLE {db.database}.bypass (id INT PRIMARY KEY)")
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        cur.execute("SELECT 1")
+        cur.connection.begin()
+        cur.connection.cursor().execute("INSERT INTO bypass VALUES (1)")
+    with pool.connection() as conn:
+        assert one(conn, "SELECT @@in_transaction") == 0
+        assert one(conn, "SELECT COUNT(*) FROM bypass") == 0
+    assert pool.stats()["rollbacks"] == 1
+
+
+def test_timeout_names_the_line_that_acquired(make_pool: Any) -> None:
+    pool = make_pool(max_size=1, timeout=0.3)
+    held = pool.connection()
+    with pytest.raises(tether.PoolTimeout) as info:
+        pool.connection()
+    held.close()
+    here = test_timeout_names_the_line_that_acquired.__code__
+    assert f"{here.co_filename}:{here.co_firstlineno + 2} in {here.co_name}" in str(info.value)
