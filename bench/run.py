@@ -131,6 +131,7 @@ class Results:
     acquire: dict[str, dict[str, float]]
     connect: dict[str, dict[str, float]]
     breakdowns: dict[str, micro.Breakdown]
+    breakdown_where: str  # where client and server ran for the breakdown and profile
     profiles: dict[str, Profile]
     ab: AB  # q/s per slice
     ab_where: dict[str, str]  # layout -> where client and server ran
@@ -187,10 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         d = plan.drivers
         acquire = {x: micro.acquire_release(server, x, plan.acquire_budget) for x in d}
         connect = {x: micro.connect_cost(server, x, plan.connects) for x in d}
-        breakdowns = {
-            x: micro.breakdown(server, x, plan.breakdown_requests, plan.breakdown_rounds) for x in d
-        }
-        profiles = {x: micro.profile(server, x, plan.profile_requests) for x in d}
+        breakdowns, profiles, breakdown_where = run_breakdown(server, plan)
         ab, ab_where, ab_skipped = run_ab(server, plan)
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
@@ -210,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         acquire=acquire,
         connect=connect,
         breakdowns=breakdowns,
+        breakdown_where=breakdown_where,
         profiles=profiles,
         ab=ab,
         ab_where=ab_where,
@@ -223,6 +222,30 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(render(results))
     print(f"wrote {path}, {output / 'ratios.png'}, {output / 'costs.png'} in {elapsed:.0f} s")
     return 0
+
+
+def run_breakdown(
+    server: Any, plan: Plan
+) -> tuple[dict[str, micro.Breakdown], dict[str, Profile], str]:
+    """The CPU breakdown and the profile, on one thread, with client and server pinned to one
+    shared core when the machine allows it: unpinned, a request's CPU cost flips with where
+    the scheduler puts the server's thread (see *Interleaved A/B*), which swamps the few µs
+    measured here."""
+    d = plan.drivers
+
+    def measure() -> tuple[dict[str, micro.Breakdown], dict[str, Profile]]:
+        breakdowns = {
+            x: micro.breakdown(server, x, plan.breakdown_requests, plan.breakdown_rounds) for x in d
+        }
+        return breakdowns, {x: micro.profile(server, x, plan.profile_requests) for x in d}
+
+    try:
+        with pinned(server, SHARED) as placed:
+            breakdowns, profiles = measure()
+            return breakdowns, profiles, placed
+    except LayoutUnavailable as exc:
+        breakdowns, profiles = measure()
+        return breakdowns, profiles, f"not pinned ({exc})"
 
 
 def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]:
@@ -621,14 +644,14 @@ def profile_section(r: Results) -> list[str]:
         "## Where the time goes",
         "",
         "What tether adds to a request, alone and in context. *Alone*: exact, no I/O; the"
-        " check-out + give-back from the table above, and the proxy's own work per query"
+        " check-out + give-back from the table above, and tether's own work per query"
         " (`cursor()`, `execute()`, `fetchone()`, `close()` through tether minus the same on"
         " a stub connection, the real status read included). *In context*: client CPU per"
         " whole request on one thread (`time.thread_time`: other threads and processes do"
         f" not count), median of {r.plan.breakdown_rounds} quickly alternated rounds of"
-        f" {r.plan.breakdown_requests:,} requests. The in-context figure is the larger one:"
-        " there tether's code and objects compete with the driver's for the CPU caches"
-        " (PyMySQL, pure Python, suffers most), and it carries a shared machine's noise.",
+        f" {r.plan.breakdown_requests:,} requests, {r.breakdown_where} (the profile too)."
+        " The in-context figure is the larger one: there tether's code and objects compete"
+        " with the driver's (and, on a shared core, the server's) for the CPU caches.",
         "",
     ]
 
@@ -637,7 +660,7 @@ def profile_section(r: Results) -> list[str]:
 
     rows: list[list[Any]] = [
         ["alone: check-out + give-back, µs", *(fmt(pool_acq[x]) for x in d)],
-        ["alone: proxy per query, µs", *(fmt(b[x].proxy_alone) for x in d)],
+        ["alone: cursor and statement per query, µs", *(fmt(b[x].proxy_alone) for x in d)],
         ["- of which the status read after the statement", *(fmt(b[x].status_read, 2) for x in d)],
         [
             "**alone: tether Pool per request, µs**",
@@ -756,8 +779,9 @@ def why_section(r: Results) -> list[str]:
         lines.append(
             f"- **{driver}, one thread**: a request on a held connection takes"
             f" {b.wall[RAW]:.0f} µs, of which the client spends {b.cpu[RAW]:.0f} µs on the"
-            f" CPU (unpinned). tether's own work is {alone:.1f} µs per request alone"
-            f" (check-out + give-back {acq:.1f}, proxy {b.proxy_alone or 0.0:.1f}) and"
+            f" CPU ({r.breakdown_where}). tether's own work is {alone:.1f} µs per request alone"
+            f" (check-out + give-back {acq:.1f}, cursor and statement"
+            f" {b.proxy_alone or 0.0:.1f}) and"
             f" {b.extra(FULL_POOL):.1f} µs of CPU in context,"
             f" {b.extra(FULL_POOL) / b.wall[RAW]:.0%} of the request's time. The peers' pools"
             " add a round trip or two per request (a ping on check-out, a rollback on"

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import math
 import os
 import socket
@@ -312,7 +313,8 @@ class PyMySQLDriver(Driver):
     more_results_in_status = False
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:
-        return lambda: int(raw.server_status)
+        # Called twice per request: a partial of getattr runs in C, with no Python frame.
+        return functools.partial(getattr, raw, "server_status")
 
     def clear_state_flag(self, raw: Any) -> None:
         # The bit would otherwise stay set through every following SELECT.

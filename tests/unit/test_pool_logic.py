@@ -534,3 +534,46 @@ def test_prometheus_collector_exports_pool_stats(make_pool: Any) -> None:
     assert 'tether_pool_checkouts_total{pool="orders"} 1.0' in text
     assert 'tether_pool_idle{pool="orders"} 1.0' in text
     assert "s3cret" not in text
+
+
+def test_cursors_extend_the_drivers_own_class(make_pool: Any, fake: FakeDriver) -> None:
+    from tether.connection import cursor_class
+
+    from .fakedriver import FakeCursor
+
+    class SlottedCursor:
+        __slots__ = ("conn",)
+
+        def __init__(self, conn: Any) -> None:
+            self.conn = conn
+
+    pool = make_pool()
+    with pool.connection() as c:
+        cur = c.cursor()
+        assert type(cur) is cursor_class(FakeCursor, False)  # made once per class
+        assert isinstance(cur, FakeCursor) and isinstance(cur, tether.Cursor)
+        assert cur.execute("SELECT 1") == 1 and cur.fetchone() == (1,)
+        assert cursor_class(type(cur), False) is type(cur)  # already tether's
+        with pytest.raises(TypeError, match="__slots__"):
+            c.cursor(SlottedCursor)
+        with pytest.raises(TypeError, match="cursor class"):
+            c.cursor(FakeCursor, 1)
+    with pytest.raises(tether.ConnectionReleased):
+        cur.execute("SELECT 1")
+
+
+def test_return_reads_the_status_afresh(make_pool: Any, fake: FakeDriver) -> None:
+    # A transaction opened behind the cursors' back (the driver's connection used directly)
+    # is seen by the return: the bits it decides on are read when the connection comes back.
+    pool = make_pool()
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+        fake.connections[0].status |= 0x1  # SERVER_STATUS_IN_TRANS
+    assert fake.connections[0].statements[-1] == "ROLLBACK"
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+        fake.connections[0].status |= 0x8  # more results, never read
+    assert pool.stats().closed_by_reason == {"unread results": 1}
+    with pool.connection() as c:
+        c.cursor().execute("SELECT 1")
+    assert pool.stats()["opened"] == 2
