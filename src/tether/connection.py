@@ -1,10 +1,12 @@
 """What ``pool.connection()`` hands out: a DB-API connection proxy and its cursors.
 
-The proxy is thin on purpose (a pooled query must cost what a raw one costs); it adds three
-things. It watches the status bits of each reply so the pool knows, at return, whether the
-session is dirty. It refuses use after the connection went back. And when the connection turns
-out to be broken, it decides whether the statement can be replayed on a fresh connection
-(nothing could be lost or repeated) or the caller must hear about it (DESIGN section 3):
+Both are thin on purpose (a pooled query must cost what a raw one costs). A cursor is the
+driver's own cursor class extended by :class:`Cursor`, so fetching and closing run the driver's
+code alone. What tether adds: it notes, after each statement, the status bits of the reply (a
+session state change is reported by that reply only); it refuses use after the connection went
+back; and when the connection turns out to be broken, it decides whether the statement can be
+replayed on a fresh connection (nothing could be lost or repeated) or the caller must hear
+about it (DESIGN section 3):
 
 * inside a transaction: :class:`tether.TransactionLost`, never a silent replay;
 * autocommit, request never sent, or a read-only / idempotent statement: replayed once;
@@ -198,20 +200,21 @@ class PooledConnection:
         if entry is None or entry.broken or entry.raw is None or self._gen != entry.gen:
             entry = self._use()
         raw = self._raw
+        base: Any = None
         if args or kwargs:
             # The cursor class, given the way the driver's cursor() takes it (positional;
-            # PyMySQL's cursor=, mysqlclient's cursorclass=).
-            base = args[0] if len(args) == 1 and not kwargs else None
-            if not args and len(kwargs) == 1:
-                base = kwargs.get("cursor", kwargs.get("cursorclass"))
-            if not isinstance(base, type):
+            # PyMySQL's cursor=, mysqlclient's cursorclass=); None is the default class.
+            one = len(args) + len(kwargs) == 1 and kwargs.keys() <= {"cursor", "cursorclass"}
+            base = (args or tuple(kwargs.values()))[0] if one else None
+            if not one or not (base is None or isinstance(base, type)):
                 raise TypeError(
                     "cursor() takes one argument, the driver's cursor class"
                     f" (got {args!r}, {kwargs!r})"
                 )
-            cur = cursor_class(base, self._pool._driver.is_unbuffered(base))(raw)
-        else:
+        if base is None:
             cur = entry.cursor_class(raw)
+        else:
+            cur = cursor_class(base, self._pool._driver.is_unbuffered(base))(raw)
         cur._tether_conn = self
         cur._tether_gen = entry.gen
         if cur._tether_unbuffered:
@@ -324,8 +327,8 @@ class PooledConnection:
         return result
 
     def _read_status(self, entry: _Entry) -> None:
-        """Keep the server's status bits of its last reply: the return path decides on them
-        alone whether the session needs cleaning."""
+        """Keep the server's status bits of its last reply (what a lost connection is judged
+        on) and note a session state change, which only this reply reports."""
         status = entry.status
         if status is not None:
             bits = status()
@@ -502,7 +505,7 @@ class Cursor:
             )
         entry.busy_since = 0.0
         status = entry.status
-        if status is not None:
+        if status is not None:  # PooledConnection._read_status, inline: the hot path
             bits = status()
             entry.last_status = bits
             if bits & _STATE_CHANGED:

@@ -558,6 +558,9 @@ def test_cursors_extend_the_drivers_own_class(make_pool: Any, fake: FakeDriver) 
             c.cursor(SlottedCursor)
         with pytest.raises(TypeError, match="cursor class"):
             c.cursor(FakeCursor, 1)
+        with pytest.raises(TypeError, match="cursor class"):
+            c.cursor(buffered=False)
+        assert type(c.cursor(None)) is type(c.cursor(cursor=None)) is type(cur)
     with pytest.raises(tether.ConnectionReleased):
         cur.execute("SELECT 1")
 
