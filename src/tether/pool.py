@@ -386,12 +386,21 @@ class Pool:
         if (
             last is not None
             and last.state is IDLE  # a hint; decided under the lock
-            and last.owner == _get_ident()
             and (timeout is None or timeout > 0)
             and _getpid() == self._pid
         ):
-            with self._lock:
-                if last.state is IDLE and not (last.tainted or self._closed or self._leaked):
+            ident = _get_ident()
+            # acquire()/release() rather than ``with``: half the cost, on every checkout.
+            lock = self._lock
+            lock.acquire()
+            try:
+                # Owner checked under the lock: another thread may have taken this connection
+                # (at the bound) and given it back since this thread last used it.
+                if (
+                    last.state is IDLE
+                    and last.owner == ident
+                    and not (last.tainted or self._closed or self._leaked)
+                ):
                     # _mark_in_use_locked, less what is already true of this thread's own
                     # last connection (owner, holder, _local.last).
                     del self._idle[last]
@@ -399,6 +408,8 @@ class Pool:
                     self._in_use[last] = None
                     self._counters["checkouts"] += 1
                     entry = last
+            finally:
+                lock.release()
             if entry is not None:
                 now = entry.checked_out_at = _monotonic()
                 idle = now - entry.last_active
@@ -949,13 +960,17 @@ class Pool:
             if bits & self._release_mask == self._clean_bits:
                 entry.last_status = bits
                 entry.returned_at = entry.last_active = now
-                with self._lock:
+                lock = self._lock
+                lock.acquire()
+                try:
                     if not self._waiters and not self._closed and now < entry.expires:
                         # _checkin's common case.
                         del self._in_use[entry]
                         entry.state = IDLE
                         self._idle[entry] = None
                         return
+                finally:
+                    lock.release()
                 self._checkin(entry)
                 return
         if entry.leak_reported:

@@ -369,7 +369,9 @@ def test_a_connection_cap_below_the_thread_count_is_backpressure(
 
     watcher = threading.Thread(target=watch)
     watcher.start()
-    errors = hammer(pool, 8, 3.0, lambda conn, i: run(conn, "SELECT %s", (i,)))
+    # Each request holds its connection for 20 ms: 8 threads want more than the 4 the cap
+    # allows at any moment, whatever the speed of a check-out.
+    errors = hammer(pool, 8, 3.0, lambda conn, i: run(conn, "SELECT SLEEP(0.02), %s", (i,)))
     stop.set()
     watcher.join()
     assert errors == []
