@@ -580,3 +580,51 @@ def test_return_reads_the_status_afresh(make_pool: Any, fake: FakeDriver) -> Non
     with pool.connection() as c:
         c.cursor().execute("SELECT 1")
     assert pool.stats()["opened"] == 2
+
+
+def test_a_takeover_between_the_fast_paths_look_and_its_lock_is_seen(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    # The check-out fast path looks at the thread's last connection, then takes the lock.
+    # Another thread may take that connection over in between (at the bound), change its
+    # session and give it back: the first thread must then get it reset, like any takeover.
+    pool = make_pool(tether.ThreadLocalPool, max_size=1, timeout=2)
+    with pool.connection():
+        pass
+    me = threading.get_ident()
+    real = pool._lock
+
+    def other_thread() -> None:
+        with pool.connection() as c:
+            c.cursor().execute("SET @secret = 1")
+
+    class LockWithAGap:
+        """The pool's lock, with another thread's takeover run once, just before this
+        thread's first acquire()."""
+
+        fired = False
+
+        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+            if threading.get_ident() == me and not self.fired:
+                self.fired = True
+                t = threading.Thread(target=other_thread)
+                t.start()
+                t.join(5)
+            return real.acquire(blocking, timeout)
+
+        def release(self) -> None:
+            real.release()
+
+        def __enter__(self) -> bool:
+            return self.acquire()
+
+        def __exit__(self, *exc: object) -> None:
+            real.release()
+
+    pool._lock = LockWithAGap()
+    with pool.connection() as c:
+        assert c._entry.owner == me
+        c.cursor().execute("SELECT 1")
+    assert pool._lock.fired
+    statements = fake.connections[0].statements
+    assert statements.index("SET @secret = 1") < statements.index("<reset>")
