@@ -35,7 +35,6 @@ _monotonic = time.monotonic
 _IN_TRANS = _drivers.STATUS_IN_TRANS
 _AUTOCOMMIT = _drivers.STATUS_AUTOCOMMIT
 _STATE_CHANGED = _drivers.STATUS_SESSION_STATE_CHANGED
-_MORE_RESULTS = _drivers.STATUS_MORE_RESULTS
 
 # Errors that prove the request never reached the server: the driver failed writing it
 # (2006 from PyMySQL's and libmariadb's write paths), or the server had already dropped the
