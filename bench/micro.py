@@ -35,6 +35,7 @@ from common import (
 
 import tether
 from tether.connection import cursor_class
+from tether.pool import use_speedups
 from tether.testing import MariaDBServer
 
 WARMUP_TIMEOUT = 60.0  # every thread's first request (its connect) must be done by then
@@ -70,6 +71,9 @@ class Variant:
 
     def setup(self) -> None:
         pass
+
+    def activate(self) -> None:
+        """Called before this variant's requests start (and when the A/B switches to it)."""
 
     def checkout(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -204,9 +208,16 @@ class TetherPool(Variant):
 
     name = "tether Pool"
     cls: type[tether.Pool] = tether.Pool
+    compiled = True  # the compiled fast paths (tether._speedups), tether's default
 
     def setup(self) -> None:
+        self.activate()
         self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE)
+
+    def activate(self) -> None:
+        # Class-wide: every tether pool of the process switches (the A/B runs one variant
+        # at a time; both paths make the same decisions).
+        use_speedups(self.compiled)
 
     def checkout(self) -> AbstractContextManager[Any]:
         return self.pool.connection()
@@ -218,6 +229,18 @@ class TetherPool(Variant):
 class TetherThreadLocal(TetherPool):
     name = "tether ThreadLocalPool"
     cls = tether.ThreadLocalPool
+
+
+class TetherPoolPure(TetherPool):
+    """What runs where tether._speedups is not built (or TETHER_NO_SPEEDUPS=1)."""
+
+    name = "tether Pool, pure Python"
+    compiled = False
+
+
+class TetherThreadLocalPure(TetherThreadLocal):
+    name = "tether ThreadLocalPool, pure Python"
+    compiled = False
 
 
 VARIANTS: list[type[Variant]] = [
@@ -234,6 +257,8 @@ VARIANTS: list[type[Variant]] = [
 POOLS: list[type[Variant]] = [
     TetherPool,
     TetherThreadLocal,
+    TetherPoolPure,
+    TetherThreadLocalPure,
     DBUtilsPersistent,
     DBUtilsPooled,
     SQLAlchemyQueuePool,
@@ -417,7 +442,22 @@ class RawPlusPython(Raw):
         query(self.connection(), key)
 
 
-INTERLEAVED: list[type[Variant]] = [Raw, RawPlusPython, TetherPool, TetherThreadLocal]
+class RawAgain(Raw):
+    """A second raw held connection, as a control: what two identical variants differ by in
+    the same A/B (each variant has its own connections; on one thread, one connection)."""
+
+    name = "raw held connection, again"
+
+
+INTERLEAVED: list[type[Variant]] = [
+    Raw,
+    RawAgain,
+    RawPlusPython,
+    TetherPool,
+    TetherThreadLocal,
+    TetherPoolPure,
+    TetherThreadLocalPure,
+]
 
 
 def interleaved(
@@ -439,7 +479,7 @@ def interleaved(
         keys, i, mine = KEYS, n * 97, counts[n]
         try:
             for variant in variants:
-                variant.request(keys[i & 4095])
+                variant.request(keys[i & 4095])  # either fast path will do for a warm-up
             barrier.wait(WARMUP_TIMEOUT)
         except Exception:  # a broken barrier or a failed warm-up: nothing to measure
             return
@@ -470,6 +510,7 @@ def interleaved(
             if s and s % len(order) == 0:
                 order = order[1:] + order[:1]
             which = order[s % len(order)]
+            variants[which].activate()
             before = sum(c[which] for c in counts)
             current[0] = which
             t0 = time.perf_counter()
@@ -483,6 +524,7 @@ def interleaved(
             w.join(JOIN_GRACE)
         for variant in variants:
             variant.teardown()
+        use_speedups(True)
     return per_slice
 
 
@@ -517,7 +559,9 @@ def acquire_release(server: MariaDBServer, driver: str, budget: float) -> dict[s
                 with variant.checkout():
                     pass
 
+            variant.activate()
             result[cls.name] = per_call_us(pair, budget)
+    use_speedups(True)
     return result
 
 
@@ -555,6 +599,7 @@ def connect_cost(server: MariaDBServer, driver: str, n: int) -> dict[str, float]
 RAW = "raw held connection"
 FULL_POOL = "tether Pool"
 FULL_LOCAL = "tether ThreadLocalPool"
+FULL_POOL_PURE = "tether Pool, pure Python"
 
 
 class _StubCursor:
@@ -592,7 +637,8 @@ class Breakdown:
 
 
 def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakdown:
-    """Whole requests on one thread (raw, tether Pool, tether ThreadLocalPool), client CPU by
+    """Whole requests on one thread (raw, tether Pool, tether ThreadLocalPool, tether Pool on
+    its pure-Python paths), client CPU by
     ``time.thread_time`` (other threads and processes do not count), alternated quickly for
     ``rounds`` rounds of ``n`` requests, medians; and the proxy's own cost per query with the
     I/O taken out: the checked-out proxy is pointed at a stub connection (a private slot,
@@ -601,25 +647,31 @@ def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakd
         running(Raw(server, driver)) as raw,
         running(TetherPool(server, driver)) as pool,
         running(TetherThreadLocal(server, driver)) as local,
+        running(TetherPoolPure(server, driver)) as pure,
     ):
-        steps: dict[str, Callable[[int], None]] = {
-            RAW: raw.request,
-            FULL_POOL: pool.request,
-            FULL_LOCAL: local.request,
+        variants: dict[str, Variant] = {
+            RAW: raw,
+            FULL_POOL: pool,
+            FULL_LOCAL: local,
+            FULL_POOL_PURE: pure,
         }
         cpu: dict[str, list[float]] = {}
         wall: dict[str, list[float]] = {}
-        for step in steps.values():
+        for variant in variants.values():
+            variant.activate()
             for key in KEYS[:50]:
-                step(key)
+                variant.request(key)
         for _ in range(rounds):
-            for name, step in steps.items():
+            for name, variant in variants.items():
+                variant.activate()
+                step = variant.request
                 c0, w0 = time.thread_time(), time.perf_counter()
                 for i in range(n):
                     step(KEYS[i & 4095])
                 cpu.setdefault(name, []).append((time.thread_time() - c0) / n * 1e6)
                 wall.setdefault(name, []).append((time.perf_counter() - w0) / n * 1e6)
         assert isinstance(pool, TetherPool)
+        pool.activate()
         proxy_alone = status_read = None
         with pool.pool.connection() as conn:
             status = getattr(getattr(conn, "_entry", None), "status", None)
@@ -680,9 +732,9 @@ def profile(server: MariaDBServer, driver: str, n: int) -> Profile:
         reverse=True,
     )
     total = sum(tt for _, _, tt in entries) or 1e-9
-    ours = [e for e in entries if "/tether/" in e[0][0]]
+    ours = [e for e in entries if _is_tether(e[0])]
     ours_total = sum(tt for _, _, tt in ours) or 1e-9
-    others = [e for e in entries if "/tether/" not in e[0][0]]
+    others = [e for e in entries if not _is_tether(e[0])]
     return Profile(
         tether=[
             ProfileRow(_name(f), nc / n, tt / n * 1e6, tt / ours_total) for f, nc, tt in ours[:12]
@@ -690,6 +742,15 @@ def profile(server: MariaDBServer, driver: str, n: int) -> Profile:
         others=[ProfileRow(_name(f), nc / n, tt / n * 1e6, tt / total) for f, nc, tt in others[:6]],
         tether_share=ours_total / total,
     )
+
+
+# The compiled fast paths show up as builtins: "<method 'connection' of 'Pool' objects>".
+_COMPILED = re.compile(r"of '(Pool|PooledConnection|Cursor)' objects|StatusReader")
+
+
+def _is_tether(func: tuple[str, int, str]) -> bool:
+    file, _line, name = func
+    return "/tether/" in file or (file == "~" and bool(_COMPILED.search(name)))
 
 
 def _name(func: tuple[str, int, str]) -> str:

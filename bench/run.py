@@ -50,9 +50,11 @@ from common import (
     table,
     versions,
 )
-from micro import FULL_LOCAL, FULL_POOL, RAW, Cells, Profile
+from micro import FULL_LOCAL, FULL_POOL, FULL_POOL_PURE, RAW, Cells, Profile
 
 TETHER = (micro.TetherPool.name, micro.TetherThreadLocal.name)
+# The same flavours on their pure-Python fast paths (where tether._speedups is not built).
+TETHER_PURE = (micro.TetherPoolPure.name, micro.TetherThreadLocalPure.name)
 ACQUIRE_TARGET_US = 5.0
 # Seconds per web cell in a full run: with the micro part, `make bench` stays near 10 minutes.
 WEB_SECONDS = 3
@@ -111,7 +113,7 @@ class Plan:
             breakdown_rounds=4 if quick else 30,
             profile_requests=300 if quick else 3000,
             ab_threads=[1, 4] if quick else [1, POOL_SIZE],
-            ab_slices=8 if quick else 80,
+            ab_slices=14 if quick else 140,  # 7 variants: 20 slices each in a full run
             ab_slice_seconds=0.05 if quick else 0.2,
             ab_layouts=[SEPARATE, SHARED] if quick else [SEPARATE, SHARED, UNPINNED],
         )
@@ -319,7 +321,7 @@ def ratio_text(ratio: float) -> str:
 
 
 def target(threads: int) -> float:
-    return 0.90 if threads > POOL_SIZE else 0.95
+    return 0.95
 
 
 def render(r: Results) -> str:
@@ -413,24 +415,28 @@ def ab_ratios(per_slice: dict[str, list[float]], name: str) -> tuple[float, floa
     return median(values) / raw, min(values) / raw, max(values) / raw
 
 
-def verdicts(r: Results) -> list[Verdict]:
-    """The A/B's thread counts are judged on the A/B under each pinned layout that ran, where
-    raw and tether share the same threads and CPUs; other thread counts on the cells."""
+def verdicts(r: Results, names: tuple[str, ...] = TETHER) -> list[Verdict]:
+    """The targets (1 and 16 threads in a full run) are judged on the A/B under each pinned
+    layout that ran, where raw and tether share the same threads and CPUs; on the cells
+    (unpinned) only when no pinned layout could be had. 4 threads and 64 threads on 16
+    connections have no target: the cells show them beside the peers (at 64 the raw variant
+    holds 64 connections against the pools' 16, so its ratio is no like-for-like measure)."""
     layouts = [x for x in PINNED if x in r.ab_where]
     out: list[Verdict] = []
     for driver in r.plan.drivers:
-        for threads in sorted({*r.plan.thread_counts, *r.plan.ab_threads}):
-            if layouts and threads in r.plan.ab_threads:
+        for threads in r.plan.ab_threads:
+            if layouts:
                 for layout in layouts:
-                    for name in TETHER:
+                    for name in names:
                         got = ab_ratios(r.ab[(layout, driver, threads)], name)
                         if got:
                             out.append(Verdict(name, driver, threads, layout, *got))
             elif threads in r.plan.thread_counts:
-                for name in TETHER:
+                for name in names:
                     rs = micro.ratios(r.cells, name, driver, threads)
-                    low, high = (min(rs), max(rs)) if rs else (0.0, 0.0)
-                    out.append(Verdict(name, driver, threads, CELLS, median(rs), low, high))
+                    if rs:
+                        low, high = min(rs), max(rs)
+                        out.append(Verdict(name, driver, threads, CELLS, median(rs), low, high))
     return out
 
 
@@ -453,8 +459,10 @@ def targets_section(r: Results) -> list[str]:
                     "met" if v.met else "**MISSED**",
                 ]
             )
-        for name in TETHER:
-            us = r.acquire[driver][name]
+        for name in (*TETHER, *TETHER_PURE):
+            us = r.acquire[driver].get(name)
+            if us is None:
+                continue
             rows.append(
                 [
                     name,
@@ -509,6 +517,32 @@ def targets_section(r: Results) -> list[str]:
     lines += skipped_lines(r)
     lines += table(columns, rows, "llllrrrl")
     lines.append("")
+    pure = verdicts(r, TETHER_PURE)
+    if pure:
+        lines += [
+            "The same comparisons on tether's pure-Python fast paths (what runs where"
+            " `tether._speedups` is not built, or with `TETHER_NO_SPEEDUPS=1`), in the same"
+            " A/B:",
+            "",
+            *table(
+                columns,
+                [
+                    [
+                        v.name,
+                        v.driver,
+                        label(v.threads),
+                        MEASURED_IN[v.measured_in],
+                        f"{v.ratio:.2f}",
+                        f"{v.low:.2f}-{v.high:.2f}",
+                        f">= {target(v.threads):.2f}",
+                        "met" if v.met else "missed",
+                    ]
+                    for v in pure
+                ],
+                "llllrrrl",
+            ),
+            "",
+        ]
     if r.plan.quick:
         lines += [
             "A quick run is short and takes one pinned layout: it shows the harness works, not"
@@ -651,7 +685,10 @@ def profile_section(r: Results) -> list[str]:
         f" not count), median of {r.plan.breakdown_rounds} quickly alternated rounds of"
         f" {r.plan.breakdown_requests:,} requests, {r.breakdown_where} (the profile too)."
         " The in-context figure is the larger one: there tether's code and objects compete"
-        " with the driver's (and, on a shared core, the server's) for the CPU caches.",
+        " with the driver's (and, on a shared core, the server's) for the CPU caches. That is"
+        " why check-out, give-back, `cursor()` and `execute()` run compiled"
+        " (`tether._speedups`): in Python their bytecode cost 3-4x its alone figure in"
+        " context; the last row shows the pure-Python paths measured the same way.",
         "",
     ]
 
@@ -674,6 +711,10 @@ def profile_section(r: Results) -> list[str]:
         [
             "in context: tether ThreadLocalPool extra, CPU µs",
             *(fmt(b[x].extra(FULL_LOCAL)) for x in d),
+        ],
+        [
+            "in context: tether Pool on pure-Python paths extra, CPU µs",
+            *(fmt(b[x].extra(FULL_POOL_PURE)) for x in d),
         ],
     ]
     lines += table(["", *d], rows)
@@ -718,9 +759,14 @@ def ab_section(r: Results) -> list[str]:
         f" between the variants in {p.ab_slice_seconds:g} s slices ({p.ab_slices} slices,"
         " the order rotated every cycle), so every variant sees the same machine state."
         " **Ratio** = median queries/s over the raw held connection's; **ratio range** = the"
-        " slices' lowest and highest over that median. The control"
+        " slices' lowest and highest over that median. Two controls: the control"
         f" *{micro.RawPlusPython.name}* adds that much CPU per request and nothing else: it"
-        " shows what extra CPU alone costs at that thread count.",
+        " shows what extra CPU alone costs at that thread count; and"
+        f" *{micro.RawAgain.name}*, the raw variant once more on connections of its own,"
+        " shows how far two identical variants land apart in the same A/B (on one thread each"
+        " variant has one connection, and one connection's requests can run several percent"
+        " faster or slower than another's for as long as both are open): the precision of"
+        " every other ratio in that A/B.",
         "",
         "Where the scheduler places the server's thread relative to the client's matters more"
         " than a few µs of pool work: on a 2-vCPU VM the same held connection on one thread"
@@ -872,7 +918,10 @@ def missed_text(r: Results, v: Verdict) -> str:
     if v.measured_in != CELLS:
         per_slice = r.ab[(v.measured_in, v.driver, v.threads)]
         control = ab_ratios(per_slice, micro.RawPlusPython.name)
+        again = ab_ratios(per_slice, micro.RawAgain.name)
         said = f" The control got {control[0]:.2f} in the same A/B." if control else ""
+        if again:
+            said += f" The raw variant against itself: {again[0]:.2f}."
         b = r.breakdowns[v.driver]
         step = FULL_POOL if v.name == micro.TetherPool.name else FULL_LOCAL
         if v.threads == 1 and b.extra(step) > 0:  # the breakdown runs unpinned: it can be < 0

@@ -29,11 +29,12 @@ import traceback
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 from . import drivers as _drivers
 from .classify import ErrorKind, classify
-from .connection import PooledConnection, cursor_class, first_word
+from .connection import Cursor, PooledConnection, cursor_class, first_word
 from .dsn import DSN, parse_dsn
 from .errors import PoolClosed, PoolTimeout
 from .stats import SAMPLES, PoolStats, percentiles
@@ -209,6 +210,28 @@ class Pool:
     ``with pool.connection() as conn:`` hands out a DB-API connection (a proxy for it) that
     goes back when the block ends, also when it raises. See the README for every option.
     """
+
+    # What check-out and give-back read on every call lives in slots, at fixed offsets (the
+    # optional compiled fast paths read them there); everything else in the instance dict.
+    __slots__ = (
+        "__dict__",
+        "__weakref__",
+        "_clean_bits",
+        "_closed",
+        "_counters",
+        "_fresh_for",
+        "_hold_times",
+        "_idle",
+        "_in_use",
+        "_leaked",
+        "_local",
+        "_lock",
+        "_pid",
+        "_release_mask",
+        "_waiters",
+        "leak_timeout",
+        "timeout",
+    )
 
     def __init__(
         self,
@@ -429,13 +452,17 @@ class Pool:
         f = _getframe(1)
         entry.acquired = (f.f_code, f.f_lasti)
         if self.leak_timeout is not None:
-            frames = traceback.StackSummary.extract(
-                traceback.walk_stack(f), limit=12, lookup_lines=False
-            )
-            entry.stack = traceback.StackSummary.from_list(frames[::-1])
+            self._record_stack(entry, f)
         return PooledConnection(self, entry)
 
     getconn = connection
+
+    def _record_stack(self, entry: _Entry, frame: FrameType | None) -> None:
+        """Keep the acquiring stack (leak_timeout set): the leak report shows it."""
+        frames = traceback.StackSummary.extract(
+            traceback.walk_stack(frame), limit=12, lookup_lines=False
+        )
+        entry.stack = traceback.StackSummary.from_list(frames[::-1])
 
     @contextlib.contextmanager
     def transaction(self, timeout: float | None = None) -> Iterator[PooledConnection]:
@@ -973,6 +1000,11 @@ class Pool:
                     lock.release()
                 self._checkin(entry)
                 return
+        self._release_slow(entry, now)
+
+    def _release_slow(self, entry: _Entry, now: float) -> None:
+        """Give back a connection the common case did not cover: dirty, broken, reported as
+        a leak, closed, or with unknown status."""
         if entry.leak_reported:
             entry.leak_reported = False
             logger.warning(
@@ -1604,3 +1636,56 @@ class ThreadLocalPool(Pool):
 
 def _alive_thread_idents() -> set[int]:
     return {t.ident for t in threading.enumerate() if t.ident is not None}
+
+
+def _bind_speedups() -> dict[tuple[type[Any], str], Any]:
+    """The compiled fast paths (``tether._speedups``), by the class and name they replace;
+    empty when not built or switched off. They make the same decisions as the Python methods
+    above, which stay the reference, in the same order, calling back into the same slow
+    paths."""
+    compiled = _drivers.speedups
+    if compiled is None:
+        return {}
+    methods = compiled.bind(
+        pool=Pool,
+        entry=_Entry,
+        proxy=PooledConnection,
+        cursor=Cursor,
+        idle=IDLE,
+        in_use=IN_USE,
+        trusted=_TRUSTED,
+        # Every call shape but the common one (arguments, keywords) goes to these.
+        cursor_py=PooledConnection.cursor,
+        execute_py=Cursor.execute,
+    )
+    return {
+        (Pool, "connection"): methods["connection"],
+        (Pool, "getconn"): methods["connection"],
+        (Pool, "_release"): methods["_release"],
+        (PooledConnection, "__enter__"): methods["__enter__"],
+        (PooledConnection, "__exit__"): methods["__exit__"],
+        (PooledConnection, "__del__"): methods["__del__"],
+        (PooledConnection, "cursor"): methods["cursor"],
+        (Cursor, "execute"): methods["execute"],
+    }
+
+
+_COMPILED = _bind_speedups()
+_PYTHON = {key: key[0].__dict__[key[1]] for key in _COMPILED}
+
+
+def use_speedups(on: bool) -> bool:
+    """Put the compiled fast paths in place (``on``, where built) or the Python ones; returns
+    whether the compiled ones are in place. Both make the same decisions; the benchmarks
+    compare them in one process. Connections checked out under one may go back under the
+    other."""
+    global SPEEDUPS
+    table = _COMPILED if on else _PYTHON
+    for (cls, name), method in table.items():
+        setattr(cls, name, method)
+    SPEEDUPS = bool(on and _COMPILED)
+    return SPEEDUPS
+
+
+# Whether the compiled fast paths are in use.
+SPEEDUPS = use_speedups(True)

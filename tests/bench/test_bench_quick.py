@@ -22,9 +22,11 @@ VARIANTS = (
     "tether Pool",
     "tether ThreadLocalPool",
 )
+PURE = ("tether Pool, pure Python", "tether ThreadLocalPool, pure Python")
 POOLS = (
     "tether Pool",
     "tether ThreadLocalPool",
+    *PURE,
     "DBUtils PersistentDB",
     "DBUtils PooledDB",
     "SQLAlchemy QueuePool",
@@ -40,6 +42,19 @@ def section(text: str, heading: str) -> list[list[str]]:
         for line in body.splitlines()
         if line.startswith("| ") and not line.startswith("|---")
     ]
+
+
+def tables(text: str, heading: str) -> list[list[list[str]]]:
+    """Each table of the ``## heading`` section: its rows, the header first."""
+    out: list[list[list[str]]] = []
+    previous = ""
+    for line in text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0].splitlines():
+        if line.startswith("| ") and not line.startswith("|---"):
+            if not previous.startswith("|"):
+                out.append([])
+            out[-1].append([cell.strip() for cell in line.strip().strip("|").split("|")])
+        previous = line
+    return out
 
 
 def number(cell: str) -> float:
@@ -82,18 +97,23 @@ def test_quick_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
     connect = section(text, "Connect cost")
     assert len(connect) >= 4 and all(number(x) > 0 for row in connect[1:] for x in row[1:])
 
-    # The interleaved A/B: raw, the plain-Python control and both tether flavours, per driver
-    # and thread count, each with queries/s measured, under one pinned CPU layout.
+    # The interleaved A/B: raw twice, the plain-Python control and both tether flavours on
+    # both fast paths, per driver and thread count, each with queries/s measured, under one
+    # pinned CPU layout.
     ab = section(text, "Interleaved A/B")[1:]
-    assert len(ab) == 4 * 2 * 2, ab
+    assert len(ab) == 7 * 2 * 2, ab
     assert len({row[0] for row in ab}) == 1 and ab[0][0] in {"separate cores", "shared core"}
-    assert {row[3] for row in ab} >= {"raw held connection", "tether Pool"}
+    expected = {"raw held connection", "raw held connection, again", "tether Pool", *PURE}
+    assert {row[3] for row in ab} >= expected
     assert all(number(row[4]) > 0 for row in ab), ab
 
-    # The throughput targets judged on that A/B, the check-out + give-back ones as before.
-    targets = section(text, "Targets")
+    # The throughput targets judged on that A/B, the check-out + give-back ones as before
+    # (for the pure-Python paths too); then the same A/B comparisons on the pure-Python paths.
+    targets, pure = tables(text, "Targets")
     assert {row[-1] for row in targets[1:]} <= {"met", "**MISSED**"}
     assert {row[3] for row in targets[1:]} == {f"A/B, {ab[0][0]}", "alone, one thread"}
-    assert len(targets) - 1 == 2 * (2 * 2 + 2), targets  # drivers x (threads x tether + pair)
+    assert len(targets) - 1 == 2 * (2 * 2 + 4), targets  # drivers x (threads x tether + pairs)
+    assert {row[0] for row in pure[1:]} == set(PURE), pure
+    assert len(pure) - 1 == 2 * 2 * 2 and {row[-1] for row in pure[1:]} <= {"met", "missed"}
     assert "## Where the time goes" in text
     assert "## Web" in text

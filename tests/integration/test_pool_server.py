@@ -304,6 +304,46 @@ def test_forked_child_never_uses_the_parents_connection(make_pool: Any) -> None:
     assert pool.stats()["replaced"] == 0
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_fork_made_from_c_without_pythons_hooks_is_seen(make_pool: Any) -> None:
+    """uWSGI forks its workers from C, where Python's at-fork hooks do not run: the child's
+    first check-out must still see that its thread's last connection is the parent's."""
+    import ctypes
+
+    libc = ctypes.PyDLL(None)  # the GIL stays held across the call, as in a C server's fork
+    pool = make_pool()
+    with pool.connection() as conn:
+        parent_session = one(conn, "SELECT CONNECTION_ID()")
+    read_end, write_end = os.pipe()
+    pid = libc.fork()
+    if pid == 0:  # pragma: no cover - the child reports through the pipe
+        code = 1
+        try:
+            with pool.connection(timeout=10) as conn:
+                child_session = one(conn, "SELECT CONNECTION_ID()")
+            os.write(write_end, str(child_session).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    deadline = time.monotonic() + 30
+    done, status = 0, 0
+    while not done and time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        time.sleep(0.01)
+    if not done:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        pytest.fail("the child did not finish within 30 s")
+    child_session = int(os.read(read_end, 64) or b"0")
+    os.close(read_end)
+    assert os.WEXITSTATUS(status) == 0
+    assert child_session not in (0, parent_session)
+    with pool.connection() as conn:  # the parent's session survived the child
+        assert one(conn, "SELECT CONNECTION_ID()") == parent_session
+    assert pool.stats()["replaced"] == 0
+
+
 def test_pymysql_connects_reuse_one_tls_context(db: MariaDBServer) -> None:
     pytest.importorskip("pymysql")
     with tether.Pool(db.dsn(), driver="pymysql", max_size=2) as pool:

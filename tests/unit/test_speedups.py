@@ -1,0 +1,135 @@
+"""The compiled fast paths (tether._speedups) are in place where they should be, and the
+check-out call behaves the same with and without them: `make test` runs the pool suites a
+second time with TETHER_NO_SPEEDUPS=1, so every behaviour test covers both."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import sys
+from typing import Any
+
+import pytest
+
+import tether
+from tether import pool as pool_module
+
+from .fakedriver import FakeDriver
+
+PURE = os.environ.get("TETHER_NO_SPEEDUPS", "") not in ("", "0")
+CPYTHON_311 = sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_the_compiled_fast_paths_are_in_use() -> None:
+    # `make test` builds them (a C compiler and Python's headers are among its set-up): a
+    # failed build must not pass unnoticed as a slower, untested configuration.
+    assert pool_module.SPEEDUPS
+    assert type(tether.Pool.connection).__name__ == "method_descriptor"
+    assert type(tether.PooledConnection.__exit__).__name__ == "method_descriptor"
+
+
+@pytest.mark.skipif(not PURE, reason="only with TETHER_NO_SPEEDUPS=1")
+def test_switched_off_the_python_methods_run() -> None:
+    assert not pool_module.SPEEDUPS
+    assert type(tether.Pool.connection).__name__ == "function"
+
+
+def test_timeout_by_position_or_keyword(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection(5) as a:
+        assert not a.closed
+    with pool.connection(timeout=5.0) as b:
+        assert not b.closed
+    assert pool.stats()["checkouts"] == 2
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((1, 2), {}), ((), {"deadline": 1}), ((1,), {"timeout": 1})],
+    ids=["two positional", "unknown keyword", "twice"],
+)
+def test_bad_checkout_arguments_are_a_type_error(
+    make_pool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection():
+        pass
+    with pytest.raises(TypeError):
+        pool.connection(*args, **kwargs)
+    assert pool.stats()["in_use"] == 0
+
+
+@pytest.mark.parametrize("timeout", [0, -1.0])
+def test_a_timeout_that_is_not_positive_is_a_value_error(make_pool: Any, timeout: float) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection():
+        pass
+    with pytest.raises(ValueError, match="timeout"):
+        pool.connection(timeout)
+    assert pool.stats()["in_use"] == 0
+
+
+def test_where_a_connection_was_acquired_is_the_callers_line(make_pool: Any) -> None:
+    pool = make_pool(max_size=2)
+    for _ in range(2):  # the first check-out opens, the second takes the fast path
+        with pool.connection() as conn:
+            line = sys._getframe().f_lineno - 1
+            where = conn._entry.where()
+        assert where.endswith(f"test_speedups.py:{line} in {sys._getframe().f_code.co_name}")
+
+
+def test_leak_stack_is_recorded_on_the_fast_path(make_pool: Any) -> None:
+    pool = make_pool(max_size=1, leak_timeout=60)
+    for _ in range(2):
+        with pool.connection() as conn:
+            stack = conn._entry.stack
+            assert stack is not None
+            assert stack[-1].name == "test_leak_stack_is_recorded_on_the_fast_path"
+
+
+def test_exit_twice_and_close_after_exit(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    conn = pool.connection()
+    with conn:
+        pass
+    conn.__exit__(None, None, None)  # a second exit does nothing
+    with pytest.raises(tether.ConnectionReleased):
+        conn.close()
+    assert pool.stats()["idle"] == 1
+
+
+def test_collected_proxy_is_reclaimed(
+    make_pool: Any, fake: FakeDriver, caplog: pytest.LogCaptureFixture
+) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection():
+        pass
+    caplog.set_level(logging.WARNING, logger="tether")
+    conn = pool.connection()  # the fast path: this thread's last connection
+    del conn
+    gc.collect()
+    assert "garbage-collected without being returned" in caplog.text
+    with pool.connection(timeout=2) as again:  # the slot came free
+        assert not again.closed
+    assert pool.stats()["reclaimed"] == 1
+
+
+def test_a_connection_checked_out_on_one_path_goes_back_on_the_other(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    compiled = pool_module.SPEEDUPS
+    try:
+        conn = pool.connection()
+        pool_module.use_speedups(not compiled)
+        conn.cursor().execute("SELECT 1")
+        conn.close()
+        with pool.connection() as again:
+            again.cursor().execute("SELECT 1")
+        pool_module.use_speedups(compiled)
+        with pool.connection() as third:
+            third.cursor().execute("SELECT 1")
+    finally:
+        pool_module.use_speedups(compiled)
+    assert pool.stats()["checkouts"] == 3
+    assert pool.stats()["in_use"] == 0
