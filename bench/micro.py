@@ -96,12 +96,16 @@ class Raw(Variant):
         self.conns: list[Any] = []
         self.lock = threading.Lock()
 
+    def open(self) -> Any:
+        conn = self.module.connect(**self.kwargs)
+        with self.lock:
+            self.conns.append(conn)
+        return conn
+
     def connection(self) -> Any:
         conn = getattr(self.local, "conn", None)
         if conn is None:
-            conn = self.local.conn = self.module.connect(**self.kwargs)
-            with self.lock:
-                self.conns.append(conn)
+            conn = self.local.conn = self.open()
         return conn
 
     def checkout(self) -> AbstractContextManager[Any]:
@@ -210,9 +214,16 @@ class TetherPool(Variant):
     cls: type[tether.Pool] = tether.Pool
     compiled = True  # the compiled fast paths (tether._speedups), tether's default
 
+    def __init__(self, server: MariaDBServer, driver: str, share: TetherPool | None = None) -> None:
+        super().__init__(server, driver)
+        self.share = share  # another variant whose pool this one uses (on the other paths)
+
     def setup(self) -> None:
         self.activate()
-        self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE)
+        if self.share is not None:
+            self.pool = self.share.pool
+        else:
+            self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE)
 
     def activate(self) -> None:
         # Class-wide: every tether pool of the process switches (the A/B runs one variant
@@ -223,7 +234,8 @@ class TetherPool(Variant):
         return self.pool.connection()
 
     def teardown(self) -> None:
-        self.pool.close()
+        if self.share is None:
+            self.pool.close()
 
 
 class TetherThreadLocal(TetherPool):
@@ -418,7 +430,27 @@ def ratios(cells: Cells, name: str, driver: str, threads: int) -> list[float]:
 PLAIN_PYTHON_US = 5.0  # the extra work of the "raw + plain Python" control, per request
 
 
-class RawPlusPython(Raw):
+class RawOnPool(Raw):
+    """The raw held connection on the very driver connection that a tether variant's pool
+    keeps for this thread (checked out once, its driver connection used directly from then
+    on; measurement only). Two connections' requests can run several percent apart for as
+    long as both are open (which server thread, which buffers), so raw and tether are
+    compared on the same connections. The pool closes them."""
+
+    def __init__(self, server: MariaDBServer, driver: str, on: TetherPool) -> None:
+        super().__init__(server, driver)
+        self.on = on
+
+    def open(self) -> Any:
+        # The thread's own connection from now on: a thread gets its last one back.
+        with self.on.pool.connection() as conn:
+            return conn._raw  # the driver's connection, without tainting the session
+
+    def teardown(self) -> None:
+        pass
+
+
+class RawPlusPython(RawOnPool):
     """The raw held connection plus a fixed amount of plain Python per request (a loop that
     touches nothing shared): what extra CPU alone does to throughput, as a control."""
 
@@ -442,22 +474,25 @@ class RawPlusPython(Raw):
         query(self.connection(), key)
 
 
-class RawAgain(Raw):
-    """A second raw held connection, as a control: what two identical variants differ by in
-    the same A/B (each variant has its own connections; on one thread, one connection)."""
+class RawAgain(RawOnPool):
+    """The raw held connection on tether Pool's connection, one thread (the plain one runs
+    on tether ThreadLocalPool's). Against it: how far two connections land apart."""
 
     name = "raw held connection, again"
 
 
-INTERLEAVED: list[type[Variant]] = [
-    Raw,
-    RawAgain,
-    RawPlusPython,
-    TetherPool,
-    TetherThreadLocal,
-    TetherPoolPure,
-    TetherThreadLocalPure,
-]
+class RawAgainOwn(Raw):
+    """The same control with several threads, on connections of its own."""
+
+    name = RawAgain.name
+
+
+def base_of(name: str, threads: int) -> str:
+    """The raw variant a variant's A/B ratio is taken against: raw on the same connections
+    (tether Pool's on one thread; tether ThreadLocalPool's otherwise)."""
+    if threads == 1 and name in (TetherPool.name, TetherPoolPure.name):
+        return RawAgain.name
+    return Raw.name
 
 
 def interleaved(
@@ -468,7 +503,19 @@ def interleaved(
     of the host lands on all of them instead of on whichever cell it hit. Returns each
     variant's queries/s per slice (a request counts for the variant it started in)."""
     RawPlusPython.calibrate()
-    variants = [cls(server, driver) for cls in INTERLEAVED]
+    pool, local = TetherPool(server, driver), TetherThreadLocal(server, driver)
+    # Built in setup order: the pools first, then what runs on their connections.
+    variants: list[Variant] = [
+        pool,
+        local,
+        TetherPoolPure(server, driver, share=pool),
+        TetherThreadLocalPure(server, driver, share=local),
+        RawOnPool(server, driver, local),
+        # tether Pool's connections can move between threads (a thread takes any idle one
+        # when its own is busy): raw uses them only where one thread runs.
+        RawAgain(server, driver, pool) if threads == 1 else RawAgainOwn(server, driver),
+        RawPlusPython(server, driver, local),
+    ]
     current = [0]
     stop = threading.Event()
     counts = [[0] * len(variants) for _ in range(threads)]
@@ -600,6 +647,7 @@ RAW = "raw held connection"
 FULL_POOL = "tether Pool"
 FULL_LOCAL = "tether ThreadLocalPool"
 FULL_POOL_PURE = "tether Pool, pure Python"
+RAW_LOCAL = "raw held connection, on tether ThreadLocalPool's"
 
 
 class _StubCursor:
@@ -633,24 +681,31 @@ class Breakdown:
     status_read: float | None  # one read of the server status bits
 
     def extra(self, step: str) -> float:
-        return self.cpu[step] - self.cpu[RAW]
+        """CPU per request over raw's on the same connection."""
+        return self.cpu[step] - self.cpu[RAW_LOCAL if step == FULL_LOCAL else RAW]
 
 
 def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakdown:
-    """Whole requests on one thread (raw, tether Pool, tether ThreadLocalPool, tether Pool on
-    its pure-Python paths), client CPU by
+    """Whole requests on one thread (tether Pool, tether ThreadLocalPool, tether Pool on its
+    pure-Python paths, and raw on each pool's own connection), client CPU by
     ``time.thread_time`` (other threads and processes do not count), alternated quickly for
     ``rounds`` rounds of ``n`` requests, medians; and the proxy's own cost per query with the
     I/O taken out: the checked-out proxy is pointed at a stub connection (a private slot,
     for this measurement only), its real status reader kept."""
     with (
-        running(Raw(server, driver)) as raw,
         running(TetherPool(server, driver)) as pool,
         running(TetherThreadLocal(server, driver)) as local,
-        running(TetherPoolPure(server, driver)) as pure,
     ):
+        pure = TetherPoolPure(server, driver, share=pool)
+        pure.setup()
+        # Raw on the very connections the pools hold: two connections can differ by more
+        # than what is measured here.
+        raw, raw_local = RawOnPool(server, driver, pool), RawOnPool(server, driver, local)
+        raw.setup()
+        raw_local.setup()
         variants: dict[str, Variant] = {
             RAW: raw,
+            RAW_LOCAL: raw_local,
             FULL_POOL: pool,
             FULL_LOCAL: local,
             FULL_POOL_PURE: pure,

@@ -406,9 +406,12 @@ class Verdict:
         return self.ratio >= target(self.threads)
 
 
-def ab_ratios(per_slice: dict[str, list[float]], name: str) -> tuple[float, float, float] | None:
-    """Median, lowest and highest slice of ``name`` over the raw variant's median q/s."""
-    raw = median(per_slice.get(micro.Raw.name, []))
+def ab_ratios(
+    per_slice: dict[str, list[float]], name: str, threads: int
+) -> tuple[float, float, float] | None:
+    """Median, lowest and highest slice of ``name`` over the median q/s of raw on the same
+    connections (``micro.base_of``)."""
+    raw = median(per_slice.get(micro.base_of(name, threads), []))
     values = per_slice.get(name, [])
     if not raw or not values:
         return None
@@ -428,7 +431,7 @@ def verdicts(r: Results, names: tuple[str, ...] = TETHER) -> list[Verdict]:
             if layouts:
                 for layout in layouts:
                     for name in names:
-                        got = ab_ratios(r.ab[(layout, driver, threads)], name)
+                        got = ab_ratios(r.ab[(layout, driver, threads)], name, threads)
                         if got:
                             out.append(Verdict(name, driver, threads, layout, *got))
             elif threads in r.plan.thread_counts:
@@ -758,15 +761,18 @@ def ab_section(r: Results) -> list[str]:
         f"The same {', '.join(str(t) for t in p.ab_threads)} worker thread(s) alternate"
         f" between the variants in {p.ab_slice_seconds:g} s slices ({p.ab_slices} slices,"
         " the order rotated every cycle), so every variant sees the same machine state."
-        " **Ratio** = median queries/s over the raw held connection's; **ratio range** = the"
-        " slices' lowest and highest over that median. Two controls: the control"
-        f" *{micro.RawPlusPython.name}* adds that much CPU per request and nothing else: it"
-        " shows what extra CPU alone costs at that thread count; and"
-        f" *{micro.RawAgain.name}*, the raw variant once more on connections of its own,"
-        " shows how far two identical variants land apart in the same A/B (on one thread each"
-        " variant has one connection, and one connection's requests can run several percent"
-        " faster or slower than another's for as long as both are open): the precision of"
-        " every other ratio in that A/B.",
+        " Raw runs on the very driver connections the pool it is compared with holds (each"
+        " thread checks one out once, then uses its driver connection directly): two"
+        " connections' requests can run several percent apart for as long as both are open,"
+        " which is more than what is measured. *raw held connection* runs on tether"
+        " ThreadLocalPool's connections; on one thread *raw held connection, again* runs on"
+        " tether Pool's (with more threads a Pool connection can move between threads, so"
+        " there it has connections of its own and tether Pool is compared with the first)."
+        " **Ratio** = median queries/s over that raw variant's; **ratio range** = the slices'"
+        " lowest and highest over that median. Controls: *raw held connection, again* against"
+        " *raw held connection* shows how far two sets of connections land apart (the"
+        f" precision of the other ratios); *{micro.RawPlusPython.name}* adds that much CPU per"
+        " request and nothing else: what extra CPU alone costs at that thread count.",
         "",
         "Where the scheduler places the server's thread relative to the client's matters more"
         " than a few µs of pool work: on a 2-vCPU VM the same held connection on one thread"
@@ -787,7 +793,7 @@ def ab_section(r: Results) -> list[str]:
     rows = []
     for (layout, driver, threads), per_slice in r.ab.items():
         for name, values in per_slice.items():
-            got = ab_ratios(per_slice, name)
+            got = ab_ratios(per_slice, name, threads)
             if not values:
                 continue
             rows.append(
@@ -917,8 +923,8 @@ def missed_text(r: Results, v: Verdict) -> str:
     head += f" {v.ratio:.2f} ({v.low:.2f}-{v.high:.2f})."
     if v.measured_in != CELLS:
         per_slice = r.ab[(v.measured_in, v.driver, v.threads)]
-        control = ab_ratios(per_slice, micro.RawPlusPython.name)
-        again = ab_ratios(per_slice, micro.RawAgain.name)
+        control = ab_ratios(per_slice, micro.RawPlusPython.name, v.threads)
+        again = ab_ratios(per_slice, micro.RawAgain.name, v.threads)
         said = f" The control got {control[0]:.2f} in the same A/B." if control else ""
         if again:
             said += f" The raw variant against itself: {again[0]:.2f}."

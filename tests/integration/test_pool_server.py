@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -275,53 +276,18 @@ def test_close_leaves_no_server_connections(make_pool: Any, db: MariaDBServer) -
     assert db.connections_of(db.user) == 0
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_forked_child_never_uses_the_parents_connection(make_pool: Any) -> None:
-    pool = make_pool()
-    with pool.connection() as conn:
-        parent_session = one(conn, "SELECT CONNECTION_ID()")
+def session_in_child(pool: tether.Pool, fork: Callable[[], int]) -> int:
+    """Fork with ``fork``; the child checks out, reports its session id through a pipe and
+    closes the pool. Returns that id (0 if the child failed); waits for the child 30 s."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child reports through the pipe
-        code = 1
-        try:
-            with pool.connection() as conn:
-                child_session = one(conn, "SELECT CONNECTION_ID()")
-            os.write(write_end, str(child_session).encode())
-            pool.close()
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    child_session = int(os.read(read_end, 64) or b"0")
-    os.close(read_end)
-    assert os.WEXITSTATUS(status) == 0
-    assert child_session not in (0, parent_session)
-    # The parent's session survived the child (no QUIT was sent on the shared socket).
-    with pool.connection() as conn:
-        assert one(conn, "SELECT CONNECTION_ID()") == parent_session
-    assert pool.stats()["replaced"] == 0
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_fork_made_from_c_without_pythons_hooks_is_seen(make_pool: Any) -> None:
-    """uWSGI forks its workers from C, where Python's at-fork hooks do not run: the child's
-    first check-out must still see that its thread's last connection is the parent's."""
-    import ctypes
-
-    libc = ctypes.PyDLL(None)  # the GIL stays held across the call, as in a C server's fork
-    pool = make_pool()
-    with pool.connection() as conn:
-        parent_session = one(conn, "SELECT CONNECTION_ID()")
-    read_end, write_end = os.pipe()
-    pid = libc.fork()
+    pid = fork()
     if pid == 0:  # pragma: no cover - the child reports through the pipe
         code = 1
         try:
             with pool.connection(timeout=10) as conn:
                 child_session = one(conn, "SELECT CONNECTION_ID()")
             os.write(write_end, str(child_session).encode())
+            pool.close()
             code = 0
         finally:
             os._exit(code)
@@ -335,11 +301,29 @@ def test_a_fork_made_from_c_without_pythons_hooks_is_seen(make_pool: Any) -> Non
         os.kill(pid, 9)
         os.waitpid(pid, 0)
         pytest.fail("the child did not finish within 30 s")
-    child_session = int(os.read(read_end, 64) or b"0")
+    session = int(os.read(read_end, 64) or b"0")
     os.close(read_end)
     assert os.WEXITSTATUS(status) == 0
+    return session
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.parametrize("how", ["os.fork", "fork() from C"])
+def test_forked_child_never_uses_the_parents_connection(make_pool: Any, how: str) -> None:
+    """Also where the fork is made from C (uWSGI's workers), where Python's at-fork hooks do
+    not run: the child's first check-out must still see its thread's last connection is the
+    parent's."""
+    import ctypes
+
+    # PyDLL keeps the GIL held across the call, as a C server's fork does.
+    fork = os.fork if how == "os.fork" else ctypes.PyDLL(None).fork
+    pool = make_pool()
+    with pool.connection() as conn:
+        parent_session = one(conn, "SELECT CONNECTION_ID()")
+    child_session = session_in_child(pool, fork)
     assert child_session not in (0, parent_session)
-    with pool.connection() as conn:  # the parent's session survived the child
+    # The parent's session survived the child (no QUIT was sent on the shared socket).
+    with pool.connection() as conn:
         assert one(conn, "SELECT CONNECTION_ID()") == parent_session
     assert pool.stats()["replaced"] == 0
 
