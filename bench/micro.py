@@ -214,16 +214,28 @@ class TetherPool(Variant):
     cls: type[tether.Pool] = tether.Pool
     compiled = True  # the compiled fast paths (tether._speedups), tether's default
 
-    def __init__(self, server: MariaDBServer, driver: str, share: TetherPool | None = None) -> None:
+    def __init__(
+        self,
+        server: MariaDBServer,
+        driver: str,
+        share: TetherPool | None = None,
+        *,
+        raw_beside: bool = False,
+    ) -> None:
         super().__init__(server, driver)
         self.share = share  # another variant whose pool this one uses (on the other paths)
+        # A raw variant will use this pool's connections behind its back: no background
+        # maintenance, which polls idle sockets once a second and would take a raw reply
+        # arriving on an "idle" one for a server-side close. It is off the request path.
+        self.raw_beside = raw_beside
 
     def setup(self) -> None:
         self.activate()
         if self.share is not None:
             self.pool = self.share.pool
         else:
-            self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE)
+            extra = {"maintenance_interval": 3600.0} if self.raw_beside else {}
+            self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE, **extra)
 
     def activate(self) -> None:
         # Class-wide: every tether pool of the process switches (the A/B runs one variant
@@ -446,6 +458,13 @@ class RawOnPool(Raw):
         with self.on.pool.connection() as conn:
             return conn._raw  # the driver's connection, without tainting the session
 
+    def request(self, key: int) -> None:
+        try:
+            query(self.connection(), key)
+        except Exception:
+            self.local.conn = None  # replaced by the pool meanwhile: take its new one
+            raise
+
     def teardown(self) -> None:
         pass
 
@@ -471,7 +490,7 @@ class RawPlusPython(RawOnPool):
     def request(self, key: int) -> None:
         for _ in range(self.loops):
             pass
-        query(self.connection(), key)
+        super().request(key)
 
 
 class RawAgain(RawOnPool):
@@ -503,7 +522,8 @@ def interleaved(
     of the host lands on all of them instead of on whichever cell it hit. Returns each
     variant's queries/s per slice (a request counts for the variant it started in)."""
     RawPlusPython.calibrate()
-    pool, local = TetherPool(server, driver), TetherThreadLocal(server, driver)
+    pool = TetherPool(server, driver, raw_beside=threads == 1)
+    local = TetherThreadLocal(server, driver, raw_beside=True)
     # Built in setup order: the pools first, then what runs on their connections.
     variants: list[Variant] = [
         pool,
@@ -693,8 +713,8 @@ def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakd
     I/O taken out: the checked-out proxy is pointed at a stub connection (a private slot,
     for this measurement only), its real status reader kept."""
     with (
-        running(TetherPool(server, driver)) as pool,
-        running(TetherThreadLocal(server, driver)) as local,
+        running(TetherPool(server, driver, raw_beside=True)) as pool,
+        running(TetherThreadLocal(server, driver, raw_beside=True)) as local,
     ):
         pure = TetherPoolPure(server, driver, share=pool)
         pure.setup()
