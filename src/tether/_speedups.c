@@ -834,9 +834,11 @@ call_python(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 /* The proxy's entry when it can be used as it is: checked out, not broken, its server
- * connection the one this proxy knows. Borrowed; NULL without an error otherwise. */
+ * connection the one the caller knows (the proxy's generation, or with `cursor` that
+ * cursor's). Borrowed; NULL otherwise, with *error set if an error is pending. Every case
+ * it refuses goes to the Python method, which decides it. */
 static PyObject *
-usable_entry(PyObject *proxy, int *error)
+usable_entry(PyObject *proxy, PyObject *cursor, int *error)
 {
     *error = 0;
     PyObject *entry = SLOT(proxy, S.c_entry);
@@ -849,11 +851,18 @@ usable_entry(PyObject *proxy, int *error)
         return NULL;
     }
     PyObject *raw = SLOT(entry, S.e_raw), *gen = SLOT(entry, S.e_gen);
-    PyObject *mine = SLOT(proxy, S.c_gen);
-    if (raw == NULL || raw == Py_None || gen == NULL || mine == NULL) {
+    if (raw == NULL || raw == Py_None || gen == NULL) {
+        return NULL;
+    }
+    PyObject *mine = cursor ? PyObject_GetAttr(cursor, S.s_tether_gen) : SLOT(proxy, S.c_gen);
+    if (mine == NULL) {
+        *error = cursor != NULL;
         return NULL;
     }
     int same = same_int(mine, gen);
+    if (cursor) {
+        Py_DECREF(mine);
+    }
     if (same <= 0) {
         *error = same < 0;
         return NULL;
@@ -873,7 +882,7 @@ proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     PyObject *entry = NULL;
     if (nargs == 0 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0) &&
         PyObject_TypeCheck(self, S.proxy_type)) {
-        entry = usable_entry(self, &error);
+        entry = usable_entry(self, NULL, &error);
         if (error) {
             return NULL;
         }
@@ -936,29 +945,8 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         return NULL;
     }
     int error = 0;
-    PyObject *entry = NULL, *mine = NULL;
-    if (PyObject_TypeCheck(conn, S.proxy_type)) {
-        entry = SLOT(conn, S.c_entry);
-        if (entry != NULL && entry != Py_None && PyObject_TypeCheck(entry, S.entry_type)) {
-            int broken = TRUTHY(entry, e_broken);
-            if (broken == 0 && (mine = PyObject_GetAttr(self, S.s_tether_gen)) != NULL) {
-                PyObject *gen = GET(entry, e_gen);
-                int same = gen ? same_int(mine, gen) : -1;
-                error = same < 0;
-                if (same <= 0) {
-                    entry = NULL;
-                }
-            }
-            else {
-                error = broken < 0 || mine == NULL;
-                entry = NULL;
-            }
-            Py_XDECREF(mine);
-        }
-        else {
-            entry = NULL;
-        }
-    }
+    PyObject *entry =
+        PyObject_TypeCheck(conn, S.proxy_type) ? usable_entry(conn, self, &error) : NULL;
     if (error) {
         Py_DECREF(conn);
         return NULL;
