@@ -4,18 +4,26 @@
 there; when the build fails, tether installs without it and runs its pure-Python fast paths.
 """
 
+import hashlib
 import platform
 import sys
+from pathlib import Path
 
 from setuptools import Extension, setup
+
+SOURCE = "src/tether/_speedups.c"
+DIGEST = hashlib.sha256((Path(__file__).parent / SOURCE).read_bytes()).hexdigest()
 
 ext_modules = []
 if platform.python_implementation() == "CPython" and sys.version_info >= (3, 11):
     ext_modules.append(
         Extension(
             "tether._speedups",
-            sources=["src/tether/_speedups.c"],
+            sources=[SOURCE],
             optional=True,
+            # The source's digest, built in: the tests compare it with the source, so a
+            # failed rebuild (optional: it only warns) cannot leave an old build in use.
+            define_macros=[("TETHER_SOURCE_SHA256", f'"{DIGEST}"')],
             extra_compile_args=["-O2", "-Wall", "-Wno-missing-field-initializers"],
         )
     )

@@ -7,10 +7,13 @@
  * connection, idle, fresh, quiet socket; a clean give-back with nobody waiting. Everything
  * else calls back into the Python methods (_checkout, _usable, _checkin, _release_slow, ...).
  *
- * Why C: on a request that takes 40-80 us, the fast paths' Python bytecode (5 frames, some 80
- * attribute operations) costs 2 us alone but 7-9 us in context, where the server's work on
- * the same core has evicted the interpreter's caches between two requests. The same
- * decisions in C cost well under a microsecond either way.
+ * Why C: the fast paths' Python bytecode (5 frames, some 80 attribute operations) costs 3 us
+ * alone, the same decisions in C 0.7-0.8 us. In context (a request of 60-150 us, the server's
+ * work on the same core between two requests) both cost several times more: what counts
+ * there is how many distinct code and data cache lines a check-out touches, cold, and much
+ * of that is CPython's own (threading.local, the idle/in-use dicts, allocation). So the C
+ * here also avoids what it can of that: a C counter, the status reader called directly, the
+ * caller's frame read without making a frame object of it.
  *
  * The objects are pool.py's: Pool, _Entry and PooledConnection keep their state in
  * __slots__, and bind() looks up each slot's offset once from its member descriptor (the
@@ -29,8 +32,24 @@
 
 #define STATUS_SESSION_STATE_CHANGED 0x4000
 
+#ifndef TETHER_SOURCE_SHA256
+#define TETHER_SOURCE_SHA256 "" /* built without setup.py */
+#endif
+
 #if PY_VERSION_HEX < 0x030B0000
 #error "tether._speedups needs CPython 3.11 or later (PyFrame_GetLasti)"
+#endif
+
+/* Where a connection was acquired: the caller's code and instruction offset. CPython 3.11
+ * keeps them in its interpreter frame; PyEval_GetFrame() would first build a frame object for
+ * it (an allocation, and a copy when the caller returns), so on 3.11 they are read from the
+ * interpreter frame directly, exactly as PyFrame_GetLasti() reads them. Other versions take
+ * the public route. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_GIL_DISABLED)
+#define Py_BUILD_CORE 1
+#include <internal/pycore_frame.h>
+#undef Py_BUILD_CORE
+#define TETHER_PEEK_FRAME 1
 #endif
 
 /* ------------------------------------------------------------------ bound state */
@@ -44,7 +63,8 @@ typedef struct {
     double trusted;
     /* Pool slots */
     Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times, p_idle, p_in_use,
-        p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout;
+        p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
+        p_fast_checkouts;
     /* _Entry slots */
     Py_ssize_t e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
         e_gen, e_last_active,
@@ -63,6 +83,30 @@ typedef struct {
 
 static State S;
 static int bound = 0;
+
+/* A counter the compiled check-out adds to under the pool's lock (Pool._fast_checkouts):
+ * one C integer instead of a read, an addition and a store in the counters dict. */
+typedef struct {
+    PyObject_HEAD
+    unsigned long long n;
+} Tally;
+
+static PyTypeObject TallyType;
+
+/* mariadb_get_info(mysql, MARIADB_CONNECTION_SERVER_STATUS, &out) for mysqlclient: the status
+ * bits the client library kept from the server's last reply, read without a round trip. */
+typedef char (*get_info_fn)(void *, int, void *);
+
+typedef struct {
+    PyObject_HEAD
+    get_info_fn fn;
+    void *handle;
+    int key;
+    PyObject *owner; /* the driver connection that owns the handle: kept alive with it */
+    vectorcallfunc vectorcall;
+} StatusReader;
+
+static PyTypeObject StatusReaderType;
 
 /* This process's id, kept by a pthread_atfork child handler: it runs in the child of every
  * fork(), also of those made from C without Python's at-fork hooks (uWSGI's workers), so
@@ -278,6 +322,57 @@ count(PyObject *pool, PyObject *name)
     return r;
 }
 
+/* A check-out counted: in the pool's Tally when it has one, else in its counters dict. */
+static int
+count_checkout(PyObject *pool)
+{
+    PyObject *tally = SLOT(pool, S.p_fast_checkouts);
+    if (tally != NULL && Py_IS_TYPE(tally, &TallyType)) {
+        ((Tally *)tally)->n++;
+        return 0;
+    }
+    return count(pool, S.s_checkouts);
+}
+
+/* The server status bits of the entry's last reply: its StatusReader read directly (no call
+ * through the object protocol, no int object), or any other reader called. */
+static int
+status_bits(PyObject *status, long long *out)
+{
+    if (Py_IS_TYPE(status, &StatusReaderType)) {
+        StatusReader *r = (StatusReader *)status;
+        unsigned int v = 0;
+        r->fn(r->handle, r->key, &v);
+        *out = v;
+        return 0;
+    }
+    Py_INCREF(status); /* the call may run code that replaces the entry's reader */
+    PyObject *bits = PyObject_CallNoArgs(status);
+    Py_DECREF(status);
+    if (bits == NULL) {
+        return -1;
+    }
+    *out = PyLong_AsLongLong(bits);
+    Py_DECREF(bits);
+    return *out == -1 && PyErr_Occurred() ? -1 : 0;
+}
+
+/* entry.last_status = bits, keeping the int already there when it has that value (the
+ * common case: the same bits reply after reply). */
+static int
+store_status(PyObject *entry, long long bits)
+{
+    PyObject *old = SLOT(entry, S.e_last_status);
+    if (old != NULL && PyLong_CheckExact(old)) {
+        int overflow;
+        long long was = PyLong_AsLongLongAndOverflow(old, &overflow);
+        if (!overflow && was == bits) {
+            return 0;
+        }
+    }
+    return set_slot_new(entry, S.e_last_status, PyLong_FromLongLong(bits));
+}
+
 static int
 check_bound(void)
 {
@@ -374,7 +469,7 @@ own_idle(PyObject *self, PyObject *timeout)
             PyObject *in_use = idle ? GET(self, p_in_use) : NULL;
             if (in_use == NULL || PyDict_DelItem(idle, last) < 0 ||
                 (set_slot(last, S.e_state, S.in_use), PyDict_SetItem(in_use, last, Py_None) < 0) ||
-                count(self, S.s_checkouts) < 0) {
+                count_checkout(self) < 0) {
                 if (locked) {
                     release_keeping_error(lock);
                 }
@@ -510,24 +605,58 @@ pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
 
     /* Where it was acquired: the caller's code and instruction offset (this function has
      * no frame of its own, so the current frame is the caller's). */
-    PyFrameObject *frame = PyEval_GetFrame();
-    PyObject *acquired;
-    if (frame != NULL) {
-        PyCodeObject *code = PyFrame_GetCode(frame);
-        PyObject *lasti = PyLong_FromLong(PyFrame_GetLasti(frame));
-        acquired = lasti ? PyTuple_Pack(2, (PyObject *)code, lasti) : NULL;
-        Py_DECREF(code);
-        Py_XDECREF(lasti);
-    }
-    else {
-        acquired = Py_NewRef(Py_None);
-    }
-    if (set_slot_new(entry, S.e_acquired, acquired) < 0) {
-        goto error;
-    }
     PyObject *leak_timeout = GET(self, p_leak_timeout);
     if (leak_timeout == NULL) {
         goto error;
+    }
+    PyFrameObject *frame = NULL;
+    PyObject *code = NULL;
+    int lasti = -1;
+#ifdef TETHER_PEEK_FRAME
+    if (leak_timeout == Py_None) {
+        /* As PyEval_GetFrame() finds it, without making a frame object of it. */
+        _PyInterpreterFrame *f = PyThreadState_GET()->cframe->current_frame;
+        while (f != NULL && _PyFrame_IsIncomplete(f)) {
+            f = f->previous;
+        }
+        if (f != NULL) {
+            code = Py_NewRef((PyObject *)f->f_code);
+            lasti = _PyInterpreterFrame_LASTI(f);
+            lasti = lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT);
+        }
+    }
+    else
+#endif
+    {
+        frame = PyEval_GetFrame();
+        if (frame != NULL) {
+            code = (PyObject *)PyFrame_GetCode(frame);
+            lasti = PyFrame_GetLasti(frame);
+        }
+    }
+    if (code == NULL) {
+        set_slot(entry, S.e_acquired, Py_None);
+    }
+    else {
+        /* A loop checks out at the same place every time: keep the tuple already there. */
+        PyObject *old = SLOT(entry, S.e_acquired);
+        int same = 0;
+        if (old != NULL && PyTuple_CheckExact(old) && PyTuple_GET_SIZE(old) == 2 &&
+            PyTuple_GET_ITEM(old, 0) == code && PyLong_CheckExact(PyTuple_GET_ITEM(old, 1))) {
+            int overflow;
+            same = PyLong_AsLongAndOverflow(PyTuple_GET_ITEM(old, 1), &overflow) == lasti &&
+                   !overflow;
+        }
+        if (!same) {
+            PyObject *offset = PyLong_FromLong(lasti);
+            PyObject *acquired = offset ? PyTuple_Pack(2, code, offset) : NULL;
+            Py_XDECREF(offset);
+            if (set_slot_new(entry, S.e_acquired, acquired) < 0) {
+                Py_DECREF(code);
+                goto error;
+            }
+        }
+        Py_DECREF(code);
     }
     if (leak_timeout != Py_None) {
         PyObject *r = PyObject_CallMethodObjArgs(self, S.s_record_stack, entry,
@@ -621,22 +750,18 @@ release(PyObject *pool, PyObject *entry)
              * reply, read now, say the session is clean. (Read the slot again: checking
              * the flags may have run Python code.) */
             status = GET(entry, e_status);
-            Py_XINCREF(status);
-            PyObject *bits = status ? PyObject_CallNoArgs(status) : NULL;
-            Py_XDECREF(status);
-            if (bits == NULL) {
-                goto error;
-            }
-            long long b = PyLong_AsLongLong(bits), mask, clean;
-            if ((b == -1 && PyErr_Occurred()) || (v = GET(pool, p_release_mask)) == NULL ||
+            long long b, mask, clean;
+            if (status == NULL || status_bits(status, &b) < 0 ||
+                (v = GET(pool, p_release_mask)) == NULL ||
                 ((mask = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred()) ||
                 (v = GET(pool, p_clean_bits)) == NULL ||
                 ((clean = PyLong_AsLongLong(v)) == -1 && PyErr_Occurred())) {
-                Py_DECREF(bits);
                 goto error;
             }
             if ((b & mask) == clean) {
-                set_slot_new(entry, S.e_last_status, bits);
+                if (store_status(entry, b) < 0) {
+                    goto error;
+                }
                 set_slot(entry, S.e_returned_at, nowobj);
                 set_slot(entry, S.e_last_active, nowobj);
                 PyObject *lock = GET(pool, p_lock);
@@ -694,7 +819,6 @@ release(PyObject *pool, PyObject *entry)
                 Py_DECREF(nowobj);
                 return PyObject_CallMethodOneArg(pool, S.s_checkin, entry);
             }
-            Py_DECREF(bits);
         }
     }
     r = PyObject_CallMethodObjArgs(pool, S.s_release_slow, entry, nowobj, NULL);
@@ -1013,16 +1137,11 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         goto done;
     }
     if (status != Py_None) {
-        Py_INCREF(status);
-        PyObject *bits = PyObject_CallNoArgs(status);
-        Py_DECREF(status);
-        long long b = bits ? PyLong_AsLongLong(bits) : -1;
-        if (bits == NULL || (b == -1 && PyErr_Occurred())) {
-            Py_XDECREF(bits);
+        long long b;
+        if (status_bits(status, &b) < 0 || store_status(entry, b) < 0) {
             Py_CLEAR(result);
             goto done;
         }
-        set_slot_new(entry, S.e_last_status, bits);
         if (b & STATUS_SESSION_STATE_CHANGED) {
             /* Rare: the Python method notes it (and clears the driver's flag). */
             PyObject *r = PyObject_CallMethodOneArg(conn, S.s_read_status, entry);
@@ -1052,19 +1171,6 @@ static PyMethodDef execute_def = {
     "Execute query (compiled fast path of tether.Cursor.execute)."};
 
 /* ------------------------------------------------------------------ status reader */
-
-/* mariadb_get_info(mysql, MARIADB_CONNECTION_SERVER_STATUS, &out) for mysqlclient: the status
- * bits the client library kept from the server's last reply, read without a round trip. */
-typedef char (*get_info_fn)(void *, int, void *);
-
-typedef struct {
-    PyObject_HEAD
-    get_info_fn fn;
-    void *handle;
-    int key;
-    PyObject *owner; /* the driver connection that owns the handle: kept alive with it */
-    vectorcallfunc vectorcall;
-} StatusReader;
 
 static PyObject *
 reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -1143,6 +1249,34 @@ static PyTypeObject StatusReaderType = {
     .tp_new = reader_new,
 };
 
+static PyObject *
+tally_int(Tally *t)
+{
+    return PyLong_FromUnsignedLongLong(t->n);
+}
+
+static PyNumberMethods tally_as_number = {
+    .nb_int = (unaryfunc)tally_int,
+    .nb_index = (unaryfunc)tally_int,
+};
+
+static PyObject *
+tally_repr(Tally *t)
+{
+    return PyUnicode_FromFormat("<Tally %llu>", t->n);
+}
+
+static PyTypeObject TallyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether._speedups.Tally",
+    .tp_basicsize = sizeof(Tally),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Tally(): a counter the compiled check-out adds to; int(tally) reads it",
+    .tp_as_number = &tally_as_number,
+    .tp_repr = (reprfunc)tally_repr,
+    .tp_new = PyType_GenericNew,
+};
+
 /* ------------------------------------------------------------------ bind */
 
 static int
@@ -1211,6 +1345,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {pool, "_clean_bits", &s.p_clean_bits},
         {pool, "_closed", &s.p_closed},
         {pool, "_counters", &s.p_counters},
+        {pool, "_fast_checkouts", &s.p_fast_checkouts},
         {pool, "_fresh_for", &s.p_fresh_for},
         {pool, "_hold_times", &s.p_hold_times},
         {pool, "_idle", &s.p_idle},
@@ -1350,7 +1485,7 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&StatusReaderType) < 0) {
+    if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&TallyType) < 0) {
         return NULL;
     }
     current_pid = getpid();
@@ -1362,7 +1497,9 @@ PyInit__speedups(void)
     if (m == NULL) {
         return NULL;
     }
-    if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0) {
+    if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
+        PyModule_AddStringConstant(m, "SOURCE_SHA256", TETHER_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;
     }

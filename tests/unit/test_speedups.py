@@ -5,14 +5,17 @@ second time with TETHER_NO_SPEEDUPS=1, so every behaviour test covers both."""
 from __future__ import annotations
 
 import gc
+import hashlib
 import logging
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import tether
+from tether import drivers as _drivers
 from tether import pool as pool_module
 
 from .fakedriver import FakeDriver
@@ -28,6 +31,20 @@ def test_the_compiled_fast_paths_are_in_use() -> None:
     assert pool_module.SPEEDUPS
     assert type(tether.Pool.connection).__name__ == "method_descriptor"
     assert type(tether.PooledConnection.__exit__).__name__ == "method_descriptor"
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_the_compiled_module_is_built_from_this_source() -> None:
+    # The build is optional: when a rebuild fails, pip only warns, and an older build left
+    # beside the source would be tested in its place.
+    source = Path(pool_module.__file__).with_name("_speedups.c")
+    if not source.exists():
+        pytest.skip("installed without its C source")
+    built = _drivers.speedups.SOURCE_SHA256
+    assert built == hashlib.sha256(source.read_bytes()).hexdigest(), (
+        "tether._speedups was built from another version of _speedups.c: rebuild it"
+        " (pip install -e .) and read the compiler's errors"
+    )
 
 
 @pytest.mark.skipif(not PURE, reason="only with TETHER_NO_SPEEDUPS=1")
@@ -78,6 +95,28 @@ def test_where_a_connection_was_acquired_is_the_callers_line(make_pool: Any) -> 
             line = sys._getframe().f_lineno - 1
             where = conn._entry.where()
         assert where.endswith(f"test_speedups.py:{line} in {sys._getframe().f_code.co_name}")
+
+
+def test_acquired_where_follows_each_call_site(make_pool: Any) -> None:
+    # The compiled path keeps the (code, offset) already recorded when a loop checks out at
+    # the same place again: a different place, or a different function, must replace it.
+    pool = make_pool(max_size=1)
+
+    def elsewhere() -> str:
+        with pool.connection() as conn:
+            return conn._entry.where()
+
+    name = sys._getframe().f_code.co_name
+    for _ in range(3):
+        with pool.connection() as conn:
+            line_a = sys._getframe().f_lineno - 1
+            where_a = conn._entry.where()
+        with pool.connection() as conn:
+            line_b = sys._getframe().f_lineno - 1
+            where_b = conn._entry.where()
+        assert where_a.endswith(f"test_speedups.py:{line_a} in {name}")
+        assert where_b.endswith(f"test_speedups.py:{line_b} in {name}")
+        assert " in elsewhere" in elsewhere()
 
 
 def test_leak_stack_is_recorded_on_the_fast_path(make_pool: Any) -> None:
