@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import os
 import platform
+import random
 import shlex
 import shutil
 import sys
@@ -28,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import cold
 import micro
 from common import (
     DRIVERS,
@@ -113,8 +115,9 @@ class Plan:
             breakdown_rounds=4 if quick else 30,
             profile_requests=300 if quick else 3000,
             ab_threads=[1, 4] if quick else [1, POOL_SIZE],
-            ab_slices=14 if quick else 140,  # 7 variants: 20 slices each in a full run
-            ab_slice_seconds=0.05 if quick else 0.2,
+            # 7 variants; a full run: 200 slices of each, 28 s per (layout, driver, threads)
+            ab_slices=70 if quick else 1400,
+            ab_slice_seconds=0.01 if quick else 0.02,
             ab_layouts=[SEPARATE, SHARED] if quick else [SEPARATE, SHARED, UNPINNED],
         )
 
@@ -140,6 +143,8 @@ class Results:
     ab_skipped: dict[str, str]  # layout -> why it did not run
     web: dict[str, Any] | None
     web_note: str | None
+    cold: dict[str, dict[str, dict[str, float]]]  # driver -> variant -> counts per request
+    cold_note: str | None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -194,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         ab, ab_where, ab_skipped = run_ab(server, plan)
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
+        cold_rows, cold_note = run_cold(server, plan)
         elapsed = time.monotonic() - started
         others = meter.others(elapsed)
 
@@ -217,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
         ab_skipped=ab_skipped,
         web=web,
         web_note=web_note,
+        cold=cold_rows,
+        cold_note=cold_note,
     )
     ratio_chart(results, output / "ratios.png")
     cost_chart(results, output / "costs.png")
@@ -273,6 +281,26 @@ def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]
         if plan.quick and layout in PINNED:
             break
     return ab, where, skipped
+
+
+def run_cold(server: Any, plan: Plan) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
+    """The cold-cache counts (``cold.py``) per driver, or why there are none: a full run
+    only (they take some two minutes per driver under valgrind)."""
+    if plan.quick:
+        return {}, "Not run in a quick run."
+    why = cold.available()
+    if why is not None:
+        return {}, f"Not run: {why}."
+    print("cold-cache counts (valgrind) ...", flush=True)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    try:
+        for driver in plan.drivers:
+            out[driver] = cold.run_cold(server, driver)
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}".replace(server.password, "***")
+        return out, f"Did not complete: {message}"
+    return out, None
 
 
 def run_web(
@@ -385,6 +413,7 @@ def render(r: Results) -> str:
     lines += profile_section(r)
     lines += ab_section(r)
     lines += why_section(r)
+    lines += cold_section(r)
     lines += web_section(r)
     return "\n".join(lines) + "\n"
 
@@ -398,7 +427,7 @@ class Verdict:
     threads: int
     measured_in: str  # a pinned layout of the A/B, or CELLS
     ratio: float
-    low: float  # the A/B's slices, or the cells' rounds
+    low: float  # the A/B's 95% interval, or the cells' rounds
     high: float
 
     @property
@@ -406,16 +435,34 @@ class Verdict:
         return self.ratio >= target(self.threads)
 
 
+RESAMPLES = 400  # bootstrap resamples for an A/B ratio's interval
+
+
 def ab_ratios(
     per_slice: dict[str, list[float]], name: str, threads: int
 ) -> tuple[float, float, float] | None:
-    """Median, lowest and highest slice of ``name`` over the median q/s of raw on the same
-    connections (``micro.base_of``)."""
-    raw = median(per_slice.get(micro.base_of(name, threads), []))
+    """``name``'s queries/s over that of raw on the same connections (``micro.base_of``),
+    both summed over the A/B's slices (their slices last the same: the ratio of their
+    requests), with a 95% interval from resampling the A/B's cycles. The k-th slice of every
+    variant ran in the k-th cycle, so each resample keeps raw and ``name`` paired, and a slow
+    stretch of the host weighs on both as it did."""
+    base = per_slice.get(micro.base_of(name, threads), [])
     values = per_slice.get(name, [])
-    if not raw or not values:
+    n = min(len(base), len(values))
+    if not n or sum(base[:n]) <= 0:
         return None
-    return median(values) / raw, min(values) / raw, max(values) / raw
+    ours, raw = values[:n], base[:n]
+    rng = random.Random(n)  # the same interval for the same data
+    estimates = []
+    for _ in range(RESAMPLES):
+        picks = [rng.randrange(n) for _ in range(n)]
+        total = sum(raw[i] for i in picks)
+        if total > 0:
+            estimates.append(sum(ours[i] for i in picks) / total)
+    estimates.sort()
+    low = estimates[int(0.025 * len(estimates))]
+    high = estimates[max(0, int(0.975 * len(estimates)) - 1)]
+    return sum(ours) / sum(raw), low, high
 
 
 def verdicts(r: Results, names: tuple[str, ...] = TETHER) -> list[Verdict]:
@@ -497,7 +544,7 @@ def targets_section(r: Results) -> list[str]:
             f"The throughput targets at {ab_threads} threads are judged on the interleaved A/B"
             f" run pinned ({', '.join(pinned_ran)}; *Interleaved A/B* below): raw and tether"
             " take turns on the same threads and CPUs, so the ratio compares like with like."
-            " Its range is the slices' lowest and highest queries/s over raw's median."
+            " Its range is a 95% interval (the A/B's cycles resampled)."
         )
         if on_cells:
             text += (
@@ -647,7 +694,8 @@ def costs_section(r: Results) -> list[str]:
     lines = [
         "## Check-out + give-back alone",
         "",
-        "µs per pair, one thread, no statement (median of ~20 ms batches). SQLAlchemy's"
+        "µs per pair, one thread, no statement (the pools take turns in 5 rounds; each its"
+        " fastest round, a round the median of its ~20 ms batches). SQLAlchemy's"
         " `engine.connect()` (Core) is shown for reference; the throughput cells use"
         " `raw_connection()`.",
         "",
@@ -768,8 +816,12 @@ def ab_section(r: Results) -> list[str]:
         " ThreadLocalPool's connections; on one thread *raw held connection, again* runs on"
         " tether Pool's (with more threads a Pool connection can move between threads, so"
         " there it has connections of its own and tether Pool is compared with the first)."
-        " **Ratio** = median queries/s over that raw variant's; **ratio range** = the slices'"
-        " lowest and highest over that median. Controls: *raw held connection, again* against"
+        " **queries/s** = the mean over the variant's slices; **ratio** = that over the raw"
+        " variant's (the ratio of their requests: slices last the same); **ratio range** = a"
+        " 95% interval, from resampling the A/B's cycles (each cycle ran one slice of every"
+        " variant, so raw and the variant stay paired). Short slices, many of them: the host"
+        " drifts between speeds within a second, and only slices much shorter than that let"
+        " every variant see the same mix of them. Controls: *raw held connection, again* against"
         " *raw held connection* shows how far two sets of connections land apart (the"
         f" precision of the other ratios); *{micro.RawPlusPython.name}* adds that much CPU per"
         " request and nothing else: what extra CPU alone costs at that thread count.",
@@ -802,7 +854,7 @@ def ab_section(r: Results) -> list[str]:
                     driver,
                     label(threads),
                     name,
-                    f"{median(values):,.0f}",
+                    f"{sum(values) / len(values):,.0f}",
                     f"{min(values):,.0f}-{max(values):,.0f}",
                     ratio_text(got[0]) if got else "-",
                     f"{got[1]:.2f}-{got[2]:.2f}" if got else "-",
@@ -962,6 +1014,29 @@ def peer_costs(r: Results, driver: str) -> str:
     peers = [n for n in r.acquire[driver] if not n.startswith("tether")]
     values = sorted(r.acquire[driver][n] for n in peers)
     return f"{values[0]:.0f}-{values[-1]:.0f}" if values else "-"
+
+
+def cold_section(r: Results) -> list[str]:
+    lines = [
+        "## Cold-cache cost",
+        "",
+        "Why tether's few µs alone cost more in context: between two requests the server and"
+        " the kernel have run, and the caches hold their lines, not the client's. A request"
+        " then costs what it touches for the first time, in distinct cache lines of code and"
+        " data, more than what it executes. Counted per request by valgrind's cache simulator"
+        f" (`{cold.__name__}.py`: an 8 MiB copy empties a simulated 1 MiB last-level cache before"
+        " every request; the counts are the same on every run): instructions, and lines of"
+        " code and data fetched into that cache. *over raw*: the lines a tether variant touches"
+        " beyond the raw held connection's for the same request.",
+        "",
+    ]
+    if not r.cold:
+        return [*lines, r.cold_note or "Not run.", ""]
+    for driver, rows in r.cold.items():
+        lines += cold.table_lines(driver, rows)
+    if r.cold_note:
+        lines += [r.cold_note, ""]
+    return lines
 
 
 def web_section(r: Results) -> list[str]:

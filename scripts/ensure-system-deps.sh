@@ -31,9 +31,11 @@ command -v cc >/dev/null 2>&1 || missing+=(gcc)
 have_python_headers || missing+=(python3-dev)
 "$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
 
-# `ensure-system-deps.sh bench`: also the HTTP load generator for the web benchmark.
+# `ensure-system-deps.sh bench`: also the HTTP load generator for the web benchmark and
+# valgrind for the cold-cache counts.
 if [ "${1:-}" = "bench" ]; then
     command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+    command -v valgrind >/dev/null 2>&1 || missing+=(valgrind)
 fi
 
 if [ ${#missing[@]} -eq 0 ]; then

@@ -1,0 +1,217 @@
+"""Cold-cache cost of a request: what each way of serving it touches once the CPU caches have
+been emptied, counted by valgrind's cache simulator (the same counts on every run, whatever
+else the machine does).
+
+Why: alone, in a tight loop, tether's check-out + give-back takes well under a microsecond;
+in the A/B, between two requests whose server work ran on the same core, it costs several
+times that. Between two requests the caches have been refilled by the server and the kernel,
+so what a request costs there follows how many distinct code and data cache lines it touches,
+not how many instructions it runs. This counts both, per request, after an 8 MiB copy has
+pushed everything out of a simulated 1 MiB last-level cache (a core's L2 here):
+
+    python bench/cold.py --driver mysqlclient   # needs valgrind (Debian's valgrind); ~2 min
+
+`bench/run.py` runs it for both drivers in a full run and puts the tables in RESULTS.md.
+
+Each variant runs in its own process under valgrind twice (LOW and HIGH requests); the
+difference over the extra requests, less that of a run doing only the copies, is what one
+request costs. Garbage collection is off in those processes (its passes would land in one
+count and not the other), and so are tether's background threads (maintenance, watchdog)
+and its socket check after 1 ms idle (valgrind runs some 50x slower; in the timed runs a
+connection is reused within microseconds): what is counted is the request itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from common import QUERY, ROWS, bench_server, connect_kwargs, driver_module
+
+import tether
+from tether import pool as pool_module
+
+LOW, HIGH = 20, 220
+EVICT_BYTES = 8 << 20
+LAST_LEVEL = "--LL=1048576,16,64"
+VARIANTS = (
+    "caches emptied only",
+    "raw held connection",
+    "tether Pool",
+    "tether ThreadLocalPool",
+    "tether Pool, pure Python",
+)
+
+
+def child(variant: str, driver: str, requests: int) -> None:
+    """The measured process: ``requests`` times, empty the caches, then serve one request."""
+    gc.disable()
+    target = json.loads(os.environ["TETHER_COLD_TARGET"])  # not on the command line
+    kwargs, url = target["kwargs"], target["url"]
+    buffer = bytearray(EVICT_BYTES)
+    keys = [1 + (i * 7919) % ROWS for i in range(requests + 50)]
+
+    def query(conn: object, key: int) -> None:
+        cur = conn.cursor()  # type: ignore[attr-defined]
+        cur.execute(QUERY, (key,))
+        cur.fetchone()
+        cur.close()
+
+    if variant == "caches emptied only":
+
+        def request(key: int) -> None:
+            bytes(buffer)
+
+    elif variant == "raw held connection":
+        raw = driver_module(driver).connect(**kwargs)
+
+        def request(key: int) -> None:
+            bytes(buffer)
+            query(raw, key)
+
+    else:
+        # A connection idle 1 ms or longer gets its socket polled before reuse; under
+        # valgrind every one would be. The timed runs reuse connections within microseconds.
+        pool_module._TRUSTED = float("inf")
+        pool_module._COMPILED.update(pool_module._bind_speedups())
+        pool_module.use_speedups("pure Python" not in variant)
+        cls = tether.ThreadLocalPool if "ThreadLocalPool" in variant else tether.Pool
+        pool = cls(
+            url,
+            driver=driver,
+            max_size=4,
+            maintenance_interval=3600,
+            watchdog=None,
+            ping_after=3600,
+            connect_args={"charset": "utf8mb4"},
+        )
+        checkout = pool.connection
+
+        def request(key: int) -> None:
+            bytes(buffer)
+            with checkout() as conn:
+                query(conn, key)
+
+    for key in keys[:50]:  # warm: connects, imports, first-call caches
+        request(key)
+    for key in keys[50 : 50 + requests]:
+        request(key)
+
+
+def measure(variant: str, driver: str, requests: int, target: str) -> dict[str, int]:
+    """One process under callgrind with the cache simulator: its event totals."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        cmd = [
+            "valgrind",
+            "--tool=callgrind",
+            "--cache-sim=yes",
+            LAST_LEVEL,
+            f"--callgrind-out-file={out}",
+            sys.executable,
+            str(Path(__file__).resolve()),
+            "--child",
+            variant,
+            driver,
+            str(requests),
+        ]
+        env = dict(os.environ, TETHER_COLD_TARGET=target)
+        done = subprocess.run(
+            cmd, check=False, capture_output=True, text=True, timeout=900, env=env
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"{variant}: valgrind failed:\n{done.stderr[-2000:]}")
+        events: list[str] = []
+        for line in out.read_text().splitlines():
+            if line.startswith("events:"):
+                events = line.split()[1:]
+            elif line.startswith(("summary:", "totals:")):
+                return dict(zip(events, map(int, line.split()[1:]), strict=False))
+    raise RuntimeError(f"{variant}: no totals in callgrind's output")
+
+
+def available() -> str | None:
+    """Why the cold-cache counts cannot be taken here, or None."""
+    if shutil.which("valgrind") is None:
+        return "valgrind is not installed (Debian package valgrind)"
+    return None
+
+
+def run_cold(server: Any, driver: str) -> dict[str, dict[str, float]]:
+    """Per request and variant: instructions (``ir``) and last-level misses of code
+    (``code``) and data (``data``), less those of emptying the caches alone. The processes
+    run two at a time (valgrind runs one thread at a time; the counts do not depend on what
+    else runs)."""
+    target = json.dumps({"kwargs": connect_kwargs(server, driver), "url": server.dsn()})
+    jobs = [(v, n) for v in VARIANTS for n in (LOW, HIGH)]
+    with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as ex:
+        futures = {job: ex.submit(measure, job[0], driver, job[1], target) for job in jobs}
+        got = {job: f.result() for job, f in futures.items()}
+
+    def per(variant: str, event: str) -> float:
+        return (got[(variant, HIGH)][event] - got[(variant, LOW)][event]) / (HIGH - LOW)
+
+    empty = VARIANTS[0]
+    return {
+        variant: {
+            "ir": per(variant, "Ir") - per(empty, "Ir"),
+            "code": per(variant, "ILmr") - per(empty, "ILmr"),
+            "data": sum(per(variant, e) - per(empty, e) for e in ("DLmr", "DLmw")),
+        }
+        for variant in VARIANTS[1:]
+    }
+
+
+def table_lines(driver: str, rows: dict[str, dict[str, float]]) -> list[str]:
+    """A Markdown table of ``run_cold``'s rows, with each variant's lines over raw's."""
+    raw = rows.get("raw held connection")
+    out = [
+        f"**{driver}**",
+        "",
+        "| variant | instructions | cache lines: code | data | total | over raw |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for variant, row in rows.items():
+        total = row["code"] + row["data"]
+        over = ""
+        if raw is not None and variant != "raw held connection":
+            more = total - raw["code"] - raw["data"]
+            over = f"{more:+,.0f} ({more / (raw['code'] + raw['data']):+.0%})"
+        out.append(
+            f"| {variant} | {row['ir']:,.0f} | {row['code']:,.0f} | {row['data']:,.0f}"
+            f" | {total:,.0f} | {over} |"
+        )
+    return [*out, ""]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("--driver", choices=("pymysql", "mysqlclient"), default="mysqlclient")
+    parser.add_argument("--child", nargs=3, metavar="ARG", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        variant, driver, requests = args.child
+        child(variant, driver, int(requests))
+        return 0
+    why = available()
+    if why is not None:
+        print(f"cold.py: {why}", file=sys.stderr)
+        return 2
+    os.environ.pop("TETHER_NO_SPEEDUPS", None)
+    with bench_server() as server:
+        rows = run_cold(server, args.driver)
+    print("\n".join(table_lines(args.driver, rows)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
