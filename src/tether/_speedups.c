@@ -108,6 +108,16 @@ typedef struct {
 
 static PyTypeObject StatusReaderType;
 
+/* The bits a StatusReader reads: what calling it returns, and what the fast paths read
+ * without the call. */
+static unsigned int
+reader_bits(StatusReader *r)
+{
+    unsigned int out = 0;
+    r->fn(r->handle, r->key, &out);
+    return out;
+}
+
 /* This process's id, kept by a pthread_atfork child handler: it runs in the child of every
  * fork(), also of those made from C without Python's at-fork hooks (uWSGI's workers), so
  * comparing with it catches an inherited connection as surely as getpid(), without the
@@ -340,10 +350,7 @@ static int
 status_bits(PyObject *status, long long *out)
 {
     if (Py_IS_TYPE(status, &StatusReaderType)) {
-        StatusReader *r = (StatusReader *)status;
-        unsigned int v = 0;
-        r->fn(r->handle, r->key, &v);
-        *out = v;
+        *out = reader_bits((StatusReader *)status);
         return 0;
     }
     Py_INCREF(status); /* the call may run code that replaces the entry's reader */
@@ -1179,10 +1186,7 @@ reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf, PyObject
         PyErr_SetString(PyExc_TypeError, "a status reader takes no arguments");
         return NULL;
     }
-    StatusReader *r = (StatusReader *)self;
-    unsigned int out = 0;
-    r->fn(r->handle, r->key, &out);
-    return PyLong_FromUnsignedLong(out);
+    return PyLong_FromUnsignedLong(reader_bits((StatusReader *)self));
 }
 
 static PyObject *
