@@ -13,7 +13,9 @@
  * there is how many distinct code and data cache lines a check-out touches, cold, and much
  * of that is CPython's own (threading.local, the idle/in-use dicts, allocation). So the C
  * here also avoids what it can of that: a C counter, the status reader called directly, the
- * caller's frame read without making a frame object of it.
+ * caller's frame read without making a frame object of it, the last give-back's proxy handed
+ * out again when nothing else can see it (no allocation, finalizer and deallocation per
+ * request), a cursor class's driver execute kept while the class is unchanged.
  *
  * The objects are pool.py's: Pool, _Entry and PooledConnection keep their state in
  * __slots__, and bind() looks up each slot's offset once from its member descriptor (the
@@ -69,7 +71,7 @@ typedef struct {
     Py_ssize_t e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
         e_gen, e_last_active,
         e_last_status, e_leak_reported, e_owner, e_pid, e_poller, e_raw, e_returned_at,
-        e_session_dirty, e_state, e_status, e_tainted, e_unbuffered;
+        e_session_dirty, e_spare, e_state, e_status, e_tainted, e_unbuffered;
     /* PooledConnection slots */
     Py_ssize_t c_entry, c_gen, c_pool, c_raw;
     /* interned names */
@@ -557,6 +559,30 @@ error:
     return NULL;
 }
 
+/* The proxy the entry's last clean give-back left (entry.spare), when nothing else can see
+ * it: no reference but the entry's, no weak reference, never finalized. Handing it out again
+ * is then the same as handing out a new one, less an allocation, a finalizer call and a
+ * deallocation per request. A new reference (the entry's), or NULL (allocate one). */
+static PyObject *
+take_spare(PyObject *entry)
+{
+#ifdef Py_GIL_DISABLED
+    return NULL; /* a reference count of 1 proves nothing without the GIL */
+#else
+    PyObject *spare = SLOT(entry, S.e_spare);
+    if (spare == NULL || !Py_IS_TYPE(spare, S.proxy_type) || Py_REFCNT(spare) != 1 ||
+        PyObject_GC_IsFinalized(spare)) {
+        return NULL;
+    }
+    Py_ssize_t weaklist = S.proxy_type->tp_weaklistoffset;
+    if (weaklist <= 0 || *(PyObject **)((char *)spare + weaklist) != NULL) {
+        return NULL;
+    }
+    SLOT(entry, S.e_spare) = Py_NewRef(Py_None);
+    return spare;
+#endif
+}
+
 /* Pool.connection(self, timeout=None) */
 static PyObject *
 pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
@@ -674,8 +700,8 @@ pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
         Py_DECREF(r);
     }
 
-    PyObject *proxy = S.proxy_type->tp_alloc(S.proxy_type, 0);
-    if (proxy == NULL) {
+    PyObject *proxy = take_spare(entry);
+    if (proxy == NULL && (proxy = S.proxy_type->tp_alloc(S.proxy_type, 0)) == NULL) {
         goto error;
     }
     PyObject *raw = GET(entry, e_raw), *gen = raw ? GET(entry, e_gen) : NULL;
@@ -898,6 +924,14 @@ proxy_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     PyObject *r;
     if (PyObject_TypeCheck(pool, S.pool_type) && PyObject_TypeCheck(entry, S.entry_type)) {
         r = release(pool, entry);
+        if (r != NULL && SLOT(entry, S.e_state) == S.idle && Py_IS_TYPE(self, S.proxy_type)) {
+            /* Back in the idle set: keep this proxy for the entry's next check-out
+             * (take_spare). It lets go of the pool, or the pool would hold itself through
+             * its idle entry, and a pool dropped without close() would wait for the
+             * cyclic garbage collector instead of going at once. */
+            set_slot(entry, S.e_spare, self);
+            set_slot(self, S.c_pool, Py_None);
+        }
     }
     else {
         r = PyObject_CallMethod(pool, "_release", "OO", self, entry);
@@ -1001,6 +1035,79 @@ usable_entry(PyObject *proxy, PyObject *cursor, int *error)
     return entry;
 }
 
+/* What a tether cursor class says that the fast paths need: its driver base class's
+ * execute and whether it streams. Found through the type's attributes once and kept while
+ * the type's version tag (which CPython changes whenever the class or a base is modified)
+ * stays the same: four classes at most in use at once (a driver's default, dict and
+ * streaming cursors), so a few slots do. */
+typedef struct {
+    PyTypeObject *type; /* strong references */
+    PyObject *execute;
+    unsigned int version;
+    int unbuffered;
+} CursorClassInfo;
+
+#define CURSOR_CLASSES 4
+static CursorClassInfo cursor_classes[CURSOR_CLASSES];
+static unsigned int cursor_classes_next;
+
+/* The class's driver execute (a new reference, in *execute unless NULL) and whether it
+ * streams; -1 on error. */
+static int
+cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
+{
+    if (PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
+        for (int i = 0; i < CURSOR_CLASSES; i++) {
+            CursorClassInfo *c = &cursor_classes[i];
+            if (c->type == type && c->version == type->tp_version_tag) {
+                if (execute != NULL) {
+                    *execute = Py_NewRef(c->execute);
+                }
+                *unbuffered = c->unbuffered;
+                return 0;
+            }
+        }
+    }
+    PyObject *base = PyObject_GetAttr((PyObject *)type, S.s_tether_base);
+    PyObject *func = base ? PyObject_GetAttr(base, S.s_execute) : NULL;
+    Py_XDECREF(base);
+    PyObject *flag = func ? PyObject_GetAttr((PyObject *)type, S.s_tether_unbuffered) : NULL;
+    int streams = flag ? PyObject_IsTrue(flag) : -1;
+    Py_XDECREF(flag);
+    if (streams < 0) {
+        Py_XDECREF(func);
+        return -1;
+    }
+    /* The lookups gave the type a valid tag if it can have one; without, it is looked up
+     * again next time. A stale record of the same class is reused, else the oldest. */
+    CursorClassInfo *c = NULL;
+    for (int i = 0; i < CURSOR_CLASSES && c == NULL; i++) {
+        if (cursor_classes[i].type == type) {
+            c = &cursor_classes[i];
+        }
+    }
+    if (c == NULL) {
+        c = &cursor_classes[cursor_classes_next++ % CURSOR_CLASSES];
+    }
+    PyObject *old_type = (PyObject *)c->type, *old_execute = c->execute;
+    int tagged = PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG);
+    c->type = tagged ? (PyTypeObject *)Py_NewRef(type) : NULL;
+    c->version = tagged ? type->tp_version_tag : 0;
+    c->execute = Py_NewRef(func);
+    c->unbuffered = streams;
+    /* Last: letting go of the old record may run code that calls back in here. */
+    Py_XDECREF(old_type);
+    Py_XDECREF(old_execute);
+    if (execute != NULL) {
+        *execute = func;
+    }
+    else {
+        Py_DECREF(func);
+    }
+    *unbuffered = streams;
+    return 0;
+}
+
 /* PooledConnection.cursor(self): the driver's default cursor class, extended by
  * tether.Cursor. Any argument (another class) goes to the Python method. */
 static PyObject *
@@ -1028,14 +1135,13 @@ proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
         Py_DECREF(entry);
         return NULL;
     }
-    PyObject *gen = GET(entry, e_gen), *unbuffered = NULL;
+    PyObject *gen = GET(entry, e_gen);
     int streaming = -1;
     if (gen != NULL && PyObject_SetAttr(cur, S.s_tether_conn, self) == 0 &&
-        PyObject_SetAttr(cur, S.s_tether_gen, gen) == 0 &&
-        (unbuffered = PyObject_GetAttr(cur, S.s_tether_unbuffered)) != NULL) {
-        streaming = PyObject_IsTrue(unbuffered);
+        PyObject_SetAttr(cur, S.s_tether_gen, gen) == 0) {
+        int streams;
+        streaming = cursor_class_info(Py_TYPE(cur), NULL, &streams) < 0 ? -1 : streams;
     }
-    Py_XDECREF(unbuffered);
     if (streaming > 0) {
         /* A streaming cursor: counted open until closed. */
         PyObject *open = GET(entry, e_unbuffered);
@@ -1088,13 +1194,12 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         return call_python(S.execute_py, self, args, nargs, kwnames);
     }
     Py_INCREF(entry);
-    PyObject *result = NULL, *base = NULL, *func = NULL;
-    if (set_slot_new(entry, S.e_busy_since, PyFloat_FromDouble(monotonic())) < 0) {
+    PyObject *result = NULL, *func = NULL;
+    int streams;
+    if (cursor_class_info(Py_TYPE(self), &func, &streams) < 0) {
         goto done;
     }
-    base = PyObject_GetAttr((PyObject *)Py_TYPE(self), S.s_tether_base);
-    func = base ? PyObject_GetAttr(base, S.s_execute) : NULL;
-    if (func == NULL) {
+    if (set_slot_new(entry, S.e_busy_since, PyFloat_FromDouble(monotonic())) < 0) {
         goto done;
     }
     PyObject *call_args[3] = {self, query, params};
@@ -1161,7 +1266,6 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
 done:
     Py_XDECREF(func);
-    Py_XDECREF(base);
     Py_DECREF(entry);
     Py_DECREF(conn);
     return result;
@@ -1378,6 +1482,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {entry, "raw", &s.e_raw},
         {entry, "returned_at", &s.e_returned_at},
         {entry, "session_dirty", &s.e_session_dirty},
+        {entry, "spare", &s.e_spare},
         {entry, "state", &s.e_state},
         {entry, "status", &s.e_status},
         {entry, "tainted", &s.e_tainted},

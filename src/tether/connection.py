@@ -299,7 +299,11 @@ class PooledConnection:
     def __repr__(self) -> str:
         entry = self._entry
         if entry is None:
-            return f"<tether.PooledConnection returned to {self._pool.name!r}>"
+            # A proxy kept for reuse by the compiled give-back lets go of its pool (a spare
+            # that held it would keep the pool alive in a cycle).
+            pool: Pool | None = self._pool
+            where = f" to {pool.name!r}" if pool is not None else ""
+            return f"<tether.PooledConnection returned{where}>"
         return f"<tether.PooledConnection session {entry.session_id} from {self._pool.name!r}>"
 
     # -- statement execution with failure semantics

@@ -127,6 +127,7 @@ class _Entry:
         "returned_at",
         "session_dirty",
         "session_id",
+        "spare",
         "stack",
         "state",
         "status",
@@ -173,6 +174,9 @@ class _Entry:
         self.leak_reported = False
         self.watchdog_fired = False  # the watchdog broke the socket of a stuck call
         self.gen = 0  # bumped when the server connection is replaced in place
+        # The compiled fast paths keep the proxy of the last clean give-back here and hand
+        # it out again when nothing else holds it (no allocation, no finalizer per request).
+        self.spare: PooledConnection | None = None
 
     def where(self) -> str:
         """Where the current holder acquired the connection, for messages."""

@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import sys
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import tether
 from tether import drivers as _drivers
 from tether import pool as pool_module
 
-from .fakedriver import FakeDriver
+from .conftest import DSN
+from .fakedriver import FakeCursor, FakeDriver
 
 PURE = os.environ.get("TETHER_NO_SPEEDUPS", "") not in ("", "0")
 CPYTHON_311 = sys.implementation.name == "cpython" and sys.version_info >= (3, 11)
@@ -172,3 +174,80 @@ def test_a_connection_checked_out_on_one_path_goes_back_on_the_other(make_pool: 
         pool_module.use_speedups(compiled)
     assert pool.stats()["checkouts"] == 3
     assert pool.stats()["in_use"] == 0
+
+
+def test_a_returned_connection_is_never_handed_out_again_while_referenced(
+    make_pool: Any,
+) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection() as first:
+        first.cursor().execute("SELECT 1")
+    with pool.connection() as second:
+        assert second is not first
+        second.cursor().execute("SELECT 2")
+    assert first.closed
+    with pytest.raises(tether.ConnectionReleased):
+        first.cursor()
+    assert repr(first).startswith("<tether.PooledConnection returned")
+
+
+def test_an_unreferenced_returned_proxy_is_reused(make_pool: Any) -> None:
+    # The compiled give-back keeps the proxy on its entry; the next check-out of that entry
+    # hands it out again when nothing else can see it (no allocation per request).
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 1")
+    before = id(conn)
+    watched = None
+    if pool_module.SPEEDUPS:
+        (entry,) = pool._idle
+        assert entry.spare is conn
+    del conn
+    with pool.connection() as again:
+        assert not again.closed
+        assert again._pool is pool
+        again.cursor().execute("SELECT 2")
+        if pool_module.SPEEDUPS:
+            assert id(again) == before
+        watched = weakref.ref(again)
+    # A weak reference is a way to see it: not reused then.
+    del again
+    with pool.connection() as third:
+        assert third is not watched()
+        third.cursor().execute("SELECT 3")
+    spare = watched()
+    assert spare is None or spare.closed
+    assert pool.stats()["checkouts"] == 3
+
+
+def test_a_pool_dropped_without_close_goes_at_once(fake: FakeDriver) -> None:
+    # Not through the cyclic collector: a spare proxy must not hold its pool in a cycle.
+    gc.disable()
+    try:
+        pool = tether.Pool(DSN, driver=fake, max_size=1, watchdog=None)
+        with pool.connection() as conn:
+            conn.cursor().execute("SELECT 1")
+        ref = weakref.ref(pool)
+        del pool, conn
+        assert ref() is None
+    finally:
+        gc.enable()
+
+
+def test_a_driver_cursor_method_patched_after_first_use_is_the_one_called(
+    make_pool: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 1")
+    calls: list[str] = []
+    original = FakeCursor.execute
+
+    def spy(self: FakeCursor, query: str, args: Any = None) -> int:
+        calls.append(query)
+        return original(self, query, args)
+
+    monkeypatch.setattr(FakeCursor, "execute", spy)
+    with pool.connection() as conn:
+        conn.cursor().execute("SELECT 2")
+    assert calls == ["SELECT 2"]
