@@ -18,7 +18,9 @@ difference over the extra requests, less that of a run doing only the copies, is
 request costs. Garbage collection is off in those processes (its passes would land in one
 count and not the other), and so are tether's background threads (maintenance, watchdog)
 and its socket check after 1 ms idle (valgrind runs some 50x slower; in the timed runs a
-connection is reused within microseconds): what is counted is the request itself.
+connection is reused within microseconds): what is counted is the request itself. Every
+process runs with the same hash seed (PYTHONHASHSEED=0): with a random seed each, where the
+names a request looks up sit in their dicts, and so the count, moves by some 30 lines.
 """
 
 from __future__ import annotations
@@ -124,7 +126,9 @@ def measure(variant: str, driver: str, requests: int, target: str) -> dict[str, 
             driver,
             str(requests),
         ]
-        env = dict(os.environ, TETHER_COLD_TARGET=target)
+        # One hash seed for every process: with a random one each, the layout of the dicts
+        # a request looks names up in moves a count by some 30 lines from run to run.
+        env = dict(os.environ, TETHER_COLD_TARGET=target, PYTHONHASHSEED="0")
         done = subprocess.run(
             cmd, check=False, capture_output=True, text=True, timeout=900, env=env
         )

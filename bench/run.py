@@ -1025,7 +1025,8 @@ def cold_section(r: Results) -> list[str]:
         " then costs what it touches for the first time, in distinct cache lines of code and"
         " data, more than what it executes. Counted per request by valgrind's cache simulator"
         f" (`{cold.__name__}.py`: an 8 MiB copy empties a simulated 1 MiB last-level cache before"
-        " every request; the counts are the same on every run): instructions, and lines of"
+        " every request; one hash seed for every process, so the counts are the same on every"
+        " run): instructions, and lines of"
         " code and data fetched into that cache. *over raw*: the lines a tether variant touches"
         " beyond the raw held connection's for the same request.",
         "",
