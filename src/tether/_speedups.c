@@ -28,6 +28,8 @@
 #include <structmember.h>
 
 #include <errno.h>
+#include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <time.h>
 #include <unistd.h>
@@ -60,9 +62,9 @@ typedef struct {
     PyTypeObject *pool_type, *entry_type, *proxy_type, *lock_type;
     PyObject *idle, *in_use;             /* the entry states, compared by identity */
     PyObject *lock_acquire, *lock_release, *lock_locked; /* _thread.lock's methods */
-    PyObject *deque_append;
     PyObject *zero;
     double trusted;
+    int lock_mirror; /* the lock's `locked` field can be read directly (LockMirror) */
     /* Pool slots */
     Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times, p_idle, p_in_use,
         p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
@@ -70,13 +72,13 @@ typedef struct {
     /* _Entry slots */
     Py_ssize_t e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
         e_gen, e_last_active,
-        e_last_status, e_leak_reported, e_owner, e_pid, e_poller, e_raw, e_returned_at,
+        e_last_status, e_leak_reported, e_owner, e_pid, e_fd, e_raw, e_returned_at,
         e_session_dirty, e_spare, e_state, e_status, e_tainted, e_unbuffered;
     /* PooledConnection slots */
     Py_ssize_t c_entry, c_gen, c_pool, c_raw;
     /* interned names */
     PyObject *s_last, *s_checkouts, *s_usable, *s_checkout, *s_record_stack, *s_checkin,
-        *s_release_slow, *s_on_proxy_collected, *s_poll, *s_timeout, *s_acquire, *s_release,
+        *s_release_slow, *s_on_proxy_collected, *s_timeout, *s_acquire, *s_release,
         *s_tether_conn, *s_tether_gen, *s_tether_base, *s_tether_unbuffered, *s_tether_open,
         *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
     PyObject *cursor_py, *execute_py; /* the Python methods, for every other call shape */
@@ -94,6 +96,30 @@ typedef struct {
 } Tally;
 
 static PyTypeObject TallyType;
+
+/* The last `maxlen` durations (Pool._hold_times, _wait_times): a ring of C doubles. The
+ * compiled give-back adds to it directly, without a method call, a float object and the
+ * deque's block bookkeeping per request; Python code appends and iterates as with a
+ * deque(maxlen=...). */
+typedef struct {
+    PyObject_HEAD
+    Py_ssize_t maxlen, count, next; /* count <= maxlen; next: where the next value goes */
+    double *values;
+} Samples;
+
+static PyTypeObject SamplesType;
+
+static void
+samples_add(Samples *s, double v)
+{
+    s->values[s->next] = v;
+    if (++s->next == s->maxlen) {
+        s->next = 0;
+    }
+    if (s->count < s->maxlen) {
+        s->count++;
+    }
+}
 
 /* mariadb_get_info(mysql, MARIADB_CONNECTION_SERVER_STATUS, &out) for mysqlclient: the status
  * bits the client library kept from the server's last reply, read without a round trip. */
@@ -170,6 +196,36 @@ set_slot_new(PyObject *obj, Py_ssize_t off, PyObject *v)
     return 0;
 }
 
+/* Stores a float in a slot. The float already there is overwritten in place when nothing but
+ * the slot holds it (a reference count of 1: no other code can see the change), which spares
+ * an allocation and a deallocation per timestamp; otherwise a new one. -1 on error. */
+static int
+set_double(PyObject *obj, Py_ssize_t off, double v)
+{
+#ifndef Py_GIL_DISABLED
+    PyObject *old = SLOT(obj, off);
+    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
+        ((PyFloatObject *)old)->ob_fval = v;
+        return 0;
+    }
+#endif
+    return set_slot_new(obj, off, PyFloat_FromDouble(v));
+}
+
+/* Stores 0.0 in a slot: in place as set_double() does, else the shared 0.0 (never fails). */
+static void
+clear_double(PyObject *obj, Py_ssize_t off)
+{
+#ifndef Py_GIL_DISABLED
+    PyObject *old = SLOT(obj, off);
+    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
+        ((PyFloatObject *)old)->ob_fval = 0.0;
+        return;
+    }
+#endif
+    set_slot(obj, off, S.zero_float);
+}
+
 /* time.monotonic(): the same clock. */
 static double
 monotonic(void)
@@ -199,6 +255,20 @@ call_lock(PyObject *method, PyObject *lock)
     return 0;
 }
 
+#if PY_VERSION_HEX < 0x030D0000
+/* _thread.lock's object in CPython 3.11 and 3.12 (Modules/_threadmodule.c): its locked()
+ * returns the `locked` field, which acquire() sets and release() clears under the GIL. Read
+ * here directly instead of through a method call; bind() first checks the layout on a lock
+ * of its own (S.lock_mirror), and without that check passing locked() is called. */
+typedef struct {
+    PyObject_HEAD
+    PyThread_type_lock lock_lock;
+    PyObject *in_weakreflist;
+    char locked;
+} LockMirror;
+#define TETHER_LOCK_MIRROR 1
+#endif
+
 /* The pool's lock for a short section that runs entirely in this module: no Python code, no
  * allocation of objects the garbage collector tracks, nothing that lets go of the GIL. While
  * the lock is free no thread is inside a section of its own, and none can start one before
@@ -211,6 +281,14 @@ enter_section(PyObject *lock, int *taken)
     *taken = 0;
 #ifndef Py_GIL_DISABLED
     if (Py_IS_TYPE(lock, S.lock_type)) {
+#ifdef TETHER_LOCK_MIRROR
+        if (S.lock_mirror) {
+            if (!((LockMirror *)lock)->locked) {
+                return 0;
+            }
+            goto acquire;
+        }
+#endif
         PyObject *args[1] = {lock};
         PyObject *held = PyObject_Vectorcall(S.lock_locked, args, 1, NULL);
         if (held == NULL) {
@@ -221,6 +299,9 @@ enter_section(PyObject *lock, int *taken)
             return 0;
         }
     }
+#endif
+#ifdef TETHER_LOCK_MIRROR
+acquire:
 #endif
     if (call_lock(S.lock_acquire, lock) < 0) {
         return -1;
@@ -394,6 +475,40 @@ check_bound(void)
 
 /* ------------------------------------------------------------------ check-out */
 
+/* Whether an idle connection's socket is readable or in error: the server closed it, or sent
+ * an error before closing (wait_timeout, KILL, shutdown); an idle socket has nothing else to
+ * read. pool.py asks entry.poller (registered for the same fd and events); select.poll lets
+ * go of the GIL around every call, and taking it back costs a hand-off, with many threads a
+ * thread switch. A zero timeout never blocks, so here poll() runs holding the GIL.
+ * 1 readable, 0 quiet, -1 an error set. */
+static int
+socket_readable(PyObject *entry)
+{
+    PyObject *fd = GET(entry, e_fd);
+    if (fd == NULL) {
+        return -1;
+    }
+    long n = PyLong_AsLong(fd);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (n < 0 || n > INT_MAX) {
+        PyErr_Format(PyExc_ValueError, "connection socket descriptor out of range: %ld", n);
+        return -1;
+    }
+    struct pollfd p = {.fd = (int)n, .events = POLLIN | POLLPRI};
+    int ready;
+    do {
+        ready = poll(&p, 1, 0);
+    } while (ready < 0 && errno == EINTR);
+    if (ready < 0) {
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    /* POLLERR, POLLHUP and POLLNVAL are reported whether asked for or not. */
+    return ready > 0 && p.revents != 0;
+}
+
 /* The fast path of Pool.connection(): this thread's last connection if it is idle, still
  * owned by this thread, fresh and its socket quiet. Returns a new reference to the entry,
  * Py_None (take the slow path) or NULL (an error). Mirrors pool.py line by line. */
@@ -498,7 +613,7 @@ own_idle(PyObject *self, PyObject *timeout)
     }
 
     double now = monotonic();
-    if (set_slot_new(last, S.e_checked_out_at, PyFloat_FromDouble(now)) < 0) {
+    if (set_double(last, S.e_checked_out_at, now) < 0) {
         goto error;
     }
     double last_active, expires, fresh_for;
@@ -519,13 +634,7 @@ own_idle(PyObject *self, PyObject *timeout)
         }
     }
     if (fine && idle_for >= S.trusted) {
-        PyObject *poller = GET(last, e_poller);
-        PyObject *events = poller ? PyObject_CallMethodOneArg(poller, S.s_poll, S.zero) : NULL;
-        if (events == NULL) {
-            goto error;
-        }
-        int readable = PyObject_IsTrue(events);
-        Py_DECREF(events);
+        int readable = socket_readable(last);
         if (readable < 0) {
             goto error;
         }
@@ -736,25 +845,20 @@ release(PyObject *pool, PyObject *entry)
     if (holds == NULL) {
         return NULL;
     }
-    PyObject *hold = PyFloat_FromDouble(now - checked_out_at);
-    if (hold == NULL) {
-        return NULL;
+    PyObject *r;
+    if (Py_IS_TYPE(holds, &SamplesType)) {
+        samples_add((Samples *)holds, now - checked_out_at);
     }
-    PyObject *append_args[2] = {holds, hold};
-    PyObject *r = PyObject_Vectorcall(S.deque_append, append_args, 2, NULL);
-    Py_DECREF(hold);
-    if (r == NULL) {
-        return NULL;
+    else {
+        r = PyObject_CallMethod(holds, "append", "d", now - checked_out_at);
+        if (r == NULL) {
+            return NULL;
+        }
+        Py_DECREF(r);
     }
-    Py_DECREF(r);
-    PyObject *nowobj = PyFloat_FromDouble(now);
-    if (nowobj == NULL) {
-        return NULL;
-    }
-
     PyObject *status = GET(entry, e_status);
     if (status == NULL) {
-        goto error;
+        return NULL;
     }
     if (status != Py_None && SLOT(entry, S.e_state) == S.in_use) {
         int dirty = TRUTHY(entry, e_leak_reported);
@@ -792,11 +896,10 @@ release(PyObject *pool, PyObject *entry)
                 goto error;
             }
             if ((b & mask) == clean) {
-                if (store_status(entry, b) < 0) {
+                if (store_status(entry, b) < 0 || set_double(entry, S.e_returned_at, now) < 0 ||
+                    set_double(entry, S.e_last_active, now) < 0) {
                     goto error;
                 }
-                set_slot(entry, S.e_returned_at, nowobj);
-                set_slot(entry, S.e_last_active, nowobj);
                 PyObject *lock = GET(pool, p_lock);
                 if (lock == NULL) {
                     goto error;
@@ -841,7 +944,6 @@ release(PyObject *pool, PyObject *entry)
                     if (released < 0) {
                         goto error;
                     }
-                    Py_DECREF(nowobj);
                     Py_RETURN_NONE;
                 }
                 int released = locked ? call_lock(S.lock_release, lock) : 0;
@@ -849,17 +951,19 @@ release(PyObject *pool, PyObject *entry)
                 if (released < 0) {
                     goto error;
                 }
-                Py_DECREF(nowobj);
                 return PyObject_CallMethodOneArg(pool, S.s_checkin, entry);
             }
         }
+    }
+    PyObject *nowobj = PyFloat_FromDouble(now);
+    if (nowobj == NULL) {
+        return NULL;
     }
     r = PyObject_CallMethodObjArgs(pool, S.s_release_slow, entry, nowobj, NULL);
     Py_DECREF(nowobj);
     return r;
 
 error:
-    Py_DECREF(nowobj);
     return NULL;
 }
 
@@ -999,11 +1103,11 @@ call_python(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t na
 }
 
 /* The proxy's entry when it can be used as it is: checked out, not broken, its server
- * connection the one the caller knows (the proxy's generation, or with `cursor` that
- * cursor's). Borrowed; NULL otherwise, with *error set if an error is pending. Every case
- * it refuses goes to the Python method, which decides it. */
+ * connection the one the caller knows (the proxy's generation, or `known`: a cursor's).
+ * Borrowed; NULL otherwise, with *error set if an error is pending. Every case it refuses
+ * goes to the Python method, which decides it. */
 static PyObject *
-usable_entry(PyObject *proxy, PyObject *cursor, int *error)
+usable_entry(PyObject *proxy, PyObject *known, int *error)
 {
     *error = 0;
     PyObject *entry = SLOT(proxy, S.c_entry);
@@ -1019,20 +1123,76 @@ usable_entry(PyObject *proxy, PyObject *cursor, int *error)
     if (raw == NULL || raw == Py_None || gen == NULL) {
         return NULL;
     }
-    PyObject *mine = cursor ? PyObject_GetAttr(cursor, S.s_tether_gen) : SLOT(proxy, S.c_gen);
+    PyObject *mine = known ? known : SLOT(proxy, S.c_gen);
     if (mine == NULL) {
-        *error = cursor != NULL;
         return NULL;
     }
     int same = same_int(mine, gen);
-    if (cursor) {
-        Py_DECREF(mine);
-    }
     if (same <= 0) {
         *error = same < 0;
         return NULL;
     }
     return entry;
+}
+
+/* Where a cursor class keeps _tether_conn and _tether_gen: the offsets of its slots
+ * (cursor_class() makes them slots), or 0 for a class that keeps them some other way (a
+ * user's subclass of tether.Cursor): then they go through the attribute protocol. */
+typedef struct {
+    Py_ssize_t conn, gen;
+} CursorSlots;
+
+/* The offset of a class's slot `name`, found through its member descriptor; 0 if the
+ * attribute is anything else. -1 on error. */
+static Py_ssize_t
+object_slot(PyTypeObject *type, PyObject *name)
+{
+    PyObject *d = PyObject_GetAttr((PyObject *)type, name);
+    if (d == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return -1;
+        }
+        PyErr_Clear();
+        return 0;
+    }
+    Py_ssize_t off = 0;
+    if (Py_IS_TYPE(d, &PyMemberDescr_Type)) {
+        PyMemberDescrObject *m = (PyMemberDescrObject *)d;
+        if (m->d_member->type == T_OBJECT_EX && !(m->d_member->flags & READONLY) &&
+            PyType_IsSubtype(type, PyDescr_TYPE(m)) && m->d_member->offset > 0) {
+            off = m->d_member->offset;
+        }
+    }
+    Py_DECREF(d);
+    return off;
+}
+
+/* cursor.<name> (one of the two): from its slot, or through the attribute protocol (which
+ * also raises the AttributeError of an empty slot). A new reference, or NULL. */
+static PyObject *
+cursor_get(PyObject *cursor, Py_ssize_t off, PyObject *name)
+{
+    if (off > 0) {
+        PyObject *v = *(PyObject **)((char *)cursor + off);
+        if (v != NULL) {
+            return Py_NewRef(v);
+        }
+    }
+    return PyObject_GetAttr(cursor, name);
+}
+
+/* cursor.<name> = value (one of the two). */
+static int
+cursor_set(PyObject *cursor, Py_ssize_t off, PyObject *name, PyObject *value)
+{
+    if (off > 0) {
+        PyObject **p = (PyObject **)((char *)cursor + off);
+        PyObject *old = *p;
+        *p = Py_NewRef(value);
+        Py_XDECREF(old);
+        return 0;
+    }
+    return PyObject_SetAttr(cursor, name, value);
 }
 
 /* What a tether cursor class says that the fast paths need: its driver base class's
@@ -1045,16 +1205,17 @@ typedef struct {
     PyObject *execute;
     unsigned int version;
     int unbuffered;
+    CursorSlots slots;
 } CursorClassInfo;
 
 #define CURSOR_CLASSES 4
 static CursorClassInfo cursor_classes[CURSOR_CLASSES];
 static unsigned int cursor_classes_next;
 
-/* The class's driver execute (a new reference, in *execute unless NULL) and whether it
- * streams; -1 on error. */
+/* The class's driver execute (a new reference, in *execute unless NULL), whether it
+ * streams and where it keeps the two per-cursor attributes; -1 on error. */
 static int
-cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
+cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered, CursorSlots *slots)
 {
     if (PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
         for (int i = 0; i < CURSOR_CLASSES; i++) {
@@ -1064,6 +1225,7 @@ cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
                     *execute = Py_NewRef(c->execute);
                 }
                 *unbuffered = c->unbuffered;
+                *slots = c->slots;
                 return 0;
             }
         }
@@ -1074,6 +1236,11 @@ cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
     PyObject *flag = func ? PyObject_GetAttr((PyObject *)type, S.s_tether_unbuffered) : NULL;
     int streams = flag ? PyObject_IsTrue(flag) : -1;
     Py_XDECREF(flag);
+    CursorSlots found = {0, 0};
+    if (streams >= 0 && ((found.conn = object_slot(type, S.s_tether_conn)) < 0 ||
+                         (found.gen = object_slot(type, S.s_tether_gen)) < 0)) {
+        streams = -1;
+    }
     if (streams < 0) {
         Py_XDECREF(func);
         return -1;
@@ -1095,6 +1262,7 @@ cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
     c->version = tagged ? type->tp_version_tag : 0;
     c->execute = Py_NewRef(func);
     c->unbuffered = streams;
+    c->slots = found;
     /* Last: letting go of the old record may run code that calls back in here. */
     Py_XDECREF(old_type);
     Py_XDECREF(old_execute);
@@ -1105,6 +1273,7 @@ cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered)
         Py_DECREF(func);
     }
     *unbuffered = streams;
+    *slots = found;
     return 0;
 }
 
@@ -1136,11 +1305,12 @@ proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
         return NULL;
     }
     PyObject *gen = GET(entry, e_gen);
-    int streaming = -1;
-    if (gen != NULL && PyObject_SetAttr(cur, S.s_tether_conn, self) == 0 &&
-        PyObject_SetAttr(cur, S.s_tether_gen, gen) == 0) {
-        int streams;
-        streaming = cursor_class_info(Py_TYPE(cur), NULL, &streams) < 0 ? -1 : streams;
+    int streaming = -1, streams;
+    CursorSlots at;
+    if (gen != NULL && cursor_class_info(Py_TYPE(cur), NULL, &streams, &at) == 0 &&
+        cursor_set(cur, at.conn, S.s_tether_conn, self) == 0 &&
+        cursor_set(cur, at.gen, S.s_tether_gen, gen) == 0) {
+        streaming = streams;
     }
     if (streaming > 0) {
         /* A streaming cursor: counted open until closed. */
@@ -1177,29 +1347,31 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         return call_python(S.execute_py, self, args, nargs, kwnames);
     }
     PyObject *query = args[0], *params = nargs == 2 ? args[1] : Py_None;
-    PyObject *conn = PyObject_GetAttr(self, S.s_tether_conn);
-    if (conn == NULL) {
+    PyObject *func, *conn, *gen = NULL;
+    int streams;
+    CursorSlots at;
+    if (cursor_class_info(Py_TYPE(self), &func, &streams, &at) < 0) {
+        return NULL;
+    }
+    conn = cursor_get(self, at.conn, S.s_tether_conn);
+    if (conn == NULL || (gen = cursor_get(self, at.gen, S.s_tether_gen)) == NULL) {
+        Py_DECREF(func);
+        Py_XDECREF(conn);
         return NULL;
     }
     int error = 0;
     PyObject *entry =
-        PyObject_TypeCheck(conn, S.proxy_type) ? usable_entry(conn, self, &error) : NULL;
-    if (error) {
-        Py_DECREF(conn);
-        return NULL;
-    }
+        PyObject_TypeCheck(conn, S.proxy_type) ? usable_entry(conn, gen, &error) : NULL;
+    Py_DECREF(gen);
     if (entry == NULL) {
         /* Returned, broken or replaced: the Python method (a replay, or a clear error). */
+        Py_DECREF(func);
         Py_DECREF(conn);
-        return call_python(S.execute_py, self, args, nargs, kwnames);
+        return error ? NULL : call_python(S.execute_py, self, args, nargs, kwnames);
     }
     Py_INCREF(entry);
-    PyObject *result = NULL, *func = NULL;
-    int streams;
-    if (cursor_class_info(Py_TYPE(self), &func, &streams) < 0) {
-        goto done;
-    }
-    if (set_slot_new(entry, S.e_busy_since, PyFloat_FromDouble(monotonic())) < 0) {
+    PyObject *result = NULL;
+    if (set_double(entry, S.e_busy_since, monotonic()) < 0) {
         goto done;
     }
     PyObject *call_args[3] = {self, query, params};
@@ -1242,7 +1414,7 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
         Py_XDECREF(tb);
         goto done;
     }
-    set_slot(entry, S.e_busy_since, S.zero_float);
+    clear_double(entry, S.e_busy_since);
     PyObject *status = GET(entry, e_status);
     if (status == NULL) {
         Py_CLEAR(result);
@@ -1385,6 +1557,109 @@ static PyTypeObject TallyType = {
     .tp_new = PyType_GenericNew,
 };
 
+static PyObject *
+samples_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    static char *kwlist[] = {"maxlen", NULL};
+    Py_ssize_t maxlen;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n:Samples", kwlist, &maxlen)) {
+        return NULL;
+    }
+    if (maxlen < 1 || maxlen > PY_SSIZE_T_MAX / (Py_ssize_t)sizeof(double)) {
+        PyErr_Format(PyExc_ValueError, "Samples: maxlen must be a positive size, got %zd",
+                     maxlen);
+        return NULL;
+    }
+    Samples *s = (Samples *)type->tp_alloc(type, 0);
+    if (s == NULL) {
+        return NULL;
+    }
+    s->values = PyMem_New(double, maxlen);
+    if (s->values == NULL) {
+        Py_DECREF(s);
+        return PyErr_NoMemory();
+    }
+    s->maxlen = maxlen;
+    return (PyObject *)s;
+}
+
+static void
+samples_dealloc(Samples *s)
+{
+    PyMem_Free(s->values);
+    Py_TYPE(s)->tp_free((PyObject *)s);
+}
+
+static PyObject *
+samples_append(Samples *s, PyObject *value)
+{
+    double v = PyFloat_AsDouble(value);
+    if (v == -1.0 && PyErr_Occurred()) {
+        return NULL;
+    }
+    samples_add(s, v);
+    Py_RETURN_NONE;
+}
+
+static Py_ssize_t
+samples_len(Samples *s)
+{
+    return s->count;
+}
+
+/* Oldest first, as a deque iterates: a snapshot, so appends meanwhile do not disturb it. */
+static PyObject *
+samples_iter(Samples *s)
+{
+    Py_ssize_t n = s->count;
+    PyObject *list = PyList_New(n);
+    if (list == NULL) {
+        return NULL;
+    }
+    Py_ssize_t first = n < s->maxlen ? 0 : s->next;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *v = PyFloat_FromDouble(s->values[(first + i) % s->maxlen]);
+        if (v == NULL) {
+            Py_DECREF(list);
+            return NULL;
+        }
+        PyList_SET_ITEM(list, i, v);
+    }
+    PyObject *it = PyObject_GetIter(list);
+    Py_DECREF(list);
+    return it;
+}
+
+static PyObject *
+samples_repr(Samples *s)
+{
+    return PyUnicode_FromFormat("<Samples %zd of %zd>", s->count, s->maxlen);
+}
+
+static PyMethodDef samples_methods[] = {
+    {"append", (PyCFunction)samples_append, METH_O, "append(value): add one duration"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PySequenceMethods samples_as_sequence = {
+    .sq_length = (lenfunc)samples_len,
+};
+
+static PyTypeObject SamplesType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether._speedups.Samples",
+    .tp_basicsize = sizeof(Samples),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "Samples(maxlen): the last maxlen durations; append(), len() and iteration "
+              "(oldest first) as with a deque(maxlen=maxlen)",
+    .tp_new = samples_new,
+    .tp_dealloc = (destructor)samples_dealloc,
+    .tp_repr = (reprfunc)samples_repr,
+    .tp_iter = (getiterfunc)samples_iter,
+    .tp_methods = samples_methods,
+    .tp_as_sequence = &samples_as_sequence,
+};
+
 /* ------------------------------------------------------------------ bind */
 
 static int
@@ -1478,7 +1753,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {entry, "leak_reported", &s.e_leak_reported},
         {entry, "owner", &s.e_owner},
         {entry, "pid", &s.e_pid},
-        {entry, "poller", &s.e_poller},
+        {entry, "fd", &s.e_fd},
         {entry, "raw", &s.e_raw},
         {entry, "returned_at", &s.e_returned_at},
         {entry, "session_dirty", &s.e_session_dirty},
@@ -1500,26 +1775,50 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
 
     PyObject *threading = PyImport_ImportModule("_thread");
     PyObject *lock_type = threading ? PyObject_GetAttrString(threading, "LockType") : NULL;
+    PyObject *allocate_lock =
+        lock_type ? PyObject_GetAttrString(threading, "allocate_lock") : NULL;
     Py_XDECREF(threading);
-    if (lock_type == NULL) {
+    if (allocate_lock == NULL) {
+        Py_XDECREF(lock_type);
         return NULL;
     }
     s.lock_acquire = PyObject_GetAttrString(lock_type, "acquire");
     s.lock_release = PyObject_GetAttrString(lock_type, "release");
     s.lock_locked = PyObject_GetAttrString(lock_type, "locked");
     s.lock_type = (PyTypeObject *)lock_type;
-    PyObject *collections = PyImport_ImportModule("collections");
-    PyObject *deque = collections ? PyObject_GetAttrString(collections, "deque") : NULL;
-    Py_XDECREF(collections);
-    s.deque_append = deque ? PyObject_GetAttrString(deque, "append") : NULL;
-    Py_XDECREF(deque);
-    if (s.lock_acquire == NULL || s.lock_release == NULL || s.lock_locked == NULL ||
-        s.deque_append == NULL) {
+    if (s.lock_acquire == NULL || s.lock_release == NULL || s.lock_locked == NULL) {
         Py_XDECREF(s.lock_acquire);
         Py_XDECREF(s.lock_release);
         Py_XDECREF(s.lock_locked);
-        Py_XDECREF(s.deque_append);
         Py_DECREF(lock_type);
+        Py_DECREF(allocate_lock);
+        return NULL;
+    }
+#ifdef TETHER_LOCK_MIRROR
+    {
+        /* The field must follow acquire() and release() on a lock of our own. */
+        PyObject *probe = PyObject_CallNoArgs(allocate_lock);
+        PyObject *args[1] = {probe};
+        int ok = probe != NULL && Py_IS_TYPE(probe, s.lock_type) &&
+                 ((LockMirror *)probe)->locked == 0;
+        PyObject *r = ok ? PyObject_Vectorcall(s.lock_acquire, args, 1, NULL) : NULL;
+        int held = r != NULL;
+        Py_XDECREF(r);
+        ok = held && ((LockMirror *)probe)->locked == 1;
+        if (held) {
+            r = PyObject_Vectorcall(s.lock_release, args, 1, NULL);
+            ok = ok && r != NULL && ((LockMirror *)probe)->locked == 0;
+            Py_XDECREF(r);
+        }
+        Py_XDECREF(probe);
+        PyErr_Clear();
+        s.lock_mirror = ok;
+    }
+#endif
+    Py_DECREF(allocate_lock);
+    /* For the tests: whether the lock's state is read directly. */
+    if (PyObject_SetAttrString(module, "lock_state_read", s.lock_mirror ? Py_True : Py_False) <
+        0) {
         return NULL;
     }
     s.pool_type = (PyTypeObject *)Py_NewRef(pool);
@@ -1537,7 +1836,6 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     s.s_checkin = PyUnicode_InternFromString("_checkin");
     s.s_release_slow = PyUnicode_InternFromString("_release_slow");
     s.s_on_proxy_collected = PyUnicode_InternFromString("_on_proxy_collected");
-    s.s_poll = PyUnicode_InternFromString("poll");
     s.s_timeout = PyUnicode_InternFromString("timeout");
     s.s_acquire = PyUnicode_InternFromString("acquire");
     s.s_tether_conn = PyUnicode_InternFromString("_tether_conn");
@@ -1594,7 +1892,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&TallyType) < 0) {
+    if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&TallyType) < 0 ||
+        PyType_Ready(&SamplesType) < 0) {
         return NULL;
     }
     current_pid = getpid();
@@ -1608,6 +1907,7 @@ PyInit__speedups(void)
     }
     if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
+        PyModule_AddObjectRef(m, "Samples", (PyObject *)&SamplesType) < 0 ||
         PyModule_AddStringConstant(m, "SOURCE_SHA256", TETHER_SOURCE_SHA256) < 0) {
         Py_DECREF(m);
         return NULL;

@@ -470,7 +470,8 @@ class Cursor:
     # streams rows from the server (rows left unread make the connection unusable).
     _tether_base: ClassVar[type[Any]]
     _tether_unbuffered: ClassVar[bool] = False
-    # Set on each instance by PooledConnection.cursor().
+    # Set on each instance by PooledConnection.cursor(): slots of the class cursor_class()
+    # makes (Cursor itself has none, so that it mixes with any driver class).
     _tether_conn: PooledConnection
     _tether_gen: int
 
@@ -534,7 +535,7 @@ class Cursor:
             entry = conn._entry
             if entry is not None and self._tether_gen != entry.gen:
                 base.__init__(self, raw)  # a fresh cursor state on the fresh connection
-                self._tether_gen = entry.gen  # type: ignore[misc]  # an instance of a subclass with a __dict__
+                self._tether_gen = entry.gen  # type: ignore[misc]  # a slot of the subclass
             if method == "execute":
                 return base.execute(self, query, args)
             if method == "callproc":
@@ -600,7 +601,14 @@ def cursor_class(base: type[Any], unbuffered: bool) -> type[Any]:
         if not base.__dictoffset__:
             raise TypeError(f"cursor class {base.__qualname__} uses __slots__: not supported")
         mixin = _UnbufferedCursor if unbuffered else Cursor
-        namespace = {"__slots__": (), "_tether_base": base, "__module__": "tether"}
+        # The two attributes every cursor gets as slots beside the driver's __dict__: set
+        # and read on every statement, a fixed place is cheaper than the instance dict (and
+        # the compiled paths read it directly).
+        namespace = {
+            "__slots__": ("_tether_conn", "_tether_gen"),
+            "_tether_base": base,
+            "__module__": "tether",
+        }
         cls = type(base.__name__, (mixin, base), namespace)
         cls.__qualname__ = f"{mixin.__name__}[{base.__module__}.{base.__qualname__}]"
         _cursor_classes[key] = cls

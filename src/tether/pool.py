@@ -37,7 +37,7 @@ from .classify import ErrorKind, classify
 from .connection import Cursor, PooledConnection, cursor_class, first_word
 from .dsn import DSN, parse_dsn
 from .errors import PoolClosed, PoolTimeout
-from .stats import SAMPLES, PoolStats, percentiles
+from .stats import SAMPLES, PoolStats, Samples, percentiles
 
 __all__ = ["Pool", "ThreadLocalPool"]
 
@@ -55,8 +55,8 @@ _CLEAN_MASK = _drivers.STATUS_IN_TRANS | _drivers.STATUS_AUTOCOMMIT
 _RELEASE_MASK = _CLEAN_MASK | _drivers.STATUS_SESSION_STATE_CHANGED | _drivers.STATUS_MORE_RESULTS
 # A connection the thread gave back less than this long ago (a tight loop) is handed out again
 # without the poll() of its socket: a server-side close in so short a gap is as likely as one
-# a moment after the poll, and the poll is a system call that also lets go of the GIL, which
-# with many threads costs a thread switch per checkout.
+# a moment after the poll, which is a system call (and here, through select.poll, lets go of
+# the GIL: with many threads a thread switch; the compiled check-out polls holding it).
 _TRUSTED = 0.001
 # Connect errors that are waited out (backoff, retry until the deadline) rather than raised.
 _WAIT_OUT = (ErrorKind.CAPACITY, ErrorKind.DISCONNECT)
@@ -69,6 +69,18 @@ IDLE, IN_USE, BUSY, CLOSED = "idle", "in use", "busy", "closed"
 KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_COUNT, USER_TIMEOUT_MS = 30, 5, 3, 15_000
 
 _pool_counter = itertools.count(1)
+
+
+def _samples() -> Samples:
+    """The last SAMPLES durations (waits, holds): a ring of C doubles when the compiled
+    module is there (the compiled give-back adds to it without a call or a float object),
+    else a deque. Both take append() and iterate oldest first."""
+    if _drivers.speedups is not None:
+        ring: Samples = _drivers.speedups.Samples(SAMPLES)
+        return ring
+    return deque(maxlen=SAMPLES)
+
+
 _fork_lock = threading.Lock()
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -384,8 +396,8 @@ class Pool:
         # Check-outs counted by the compiled fast path (one C integer; stats() adds them in).
         self._fast_checkouts = _drivers.speedups.Tally() if _drivers.speedups is not None else None
         self._closed_by: dict[str, int] = {}
-        self._wait_times: deque[float] = deque(maxlen=SAMPLES)
-        self._hold_times: deque[float] = deque(maxlen=SAMPLES)
+        self._wait_times = _samples()
+        self._hold_times = _samples()
         self._maint_stop = threading.Event()
         self._maint_thread: threading.Thread | None = None
         _live_pools.add(self)

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from collections import deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = ["PoolStats"]
 
 # How many recent wait and hold times the percentiles are computed from.
 SAMPLES = 2048
+
+
+class Samples(Protocol):
+    """The last SAMPLES durations: a deque(maxlen=SAMPLES), or the compiled ring of doubles
+    (tether._speedups.Samples) that behaves the same."""
+
+    def append(self, value: float, /) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[float]: ...
 
 
 @dataclass(frozen=True)
@@ -41,7 +50,7 @@ class PoolStats:
         return getattr(self, key)
 
 
-def percentiles(samples: deque[float]) -> dict[str, float]:
+def percentiles(samples: Samples) -> dict[str, float]:
     if not samples:
         return {"count": 0}
     ordered = sorted(samples)

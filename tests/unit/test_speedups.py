@@ -251,3 +251,111 @@ def test_a_driver_cursor_method_patched_after_first_use_is_the_one_called(
     with pool.connection() as conn:
         conn.cursor().execute("SELECT 2")
     assert calls == ["SELECT 2"]
+
+
+def test_a_cursor_keeps_its_connection_in_slots_not_its_dict(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        cur = conn.cursor()
+        assert "_tether_conn" not in cur.__dict__ and "_tether_gen" not in cur.__dict__
+        assert cur._tether_conn is conn
+        cur.execute("SELECT 1")
+        assert cur.fetchone() is not None
+    with pytest.raises(tether.ConnectionReleased):
+        cur.execute("SELECT 1")
+
+
+def test_a_cursor_class_of_ones_own_keeps_them_in_its_dict(make_pool: Any) -> None:
+    # A class that already extends tether.Cursor is used as it is: no slots, the attributes
+    # go to its __dict__, and execute still takes the fast path's checks (and the returned
+    # connection's error) through the attribute protocol.
+    class Mine(tether.Cursor, FakeCursor):
+        _tether_base = FakeCursor
+
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        cur = conn.cursor(Mine)
+        assert type(cur) is Mine
+        assert cur.__dict__["_tether_conn"] is conn
+        cur.execute("SELECT 1")
+        assert cur.fetchone() is not None
+    with pytest.raises(tether.ConnectionReleased):
+        cur.execute("SELECT 1")
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_the_compiled_samples_ring_behaves_as_a_bounded_deque() -> None:
+    from collections import deque
+
+    samples_type = _drivers.speedups.Samples
+    for maxlen, n in [(1, 0), (1, 3), (5, 3), (5, 5), (5, 12), (2048, 3000)]:
+        ring, reference = samples_type(maxlen), deque(maxlen=maxlen)
+        for i in range(n):
+            ring.append(i * 0.5)
+            reference.append(i * 0.5)
+        assert len(ring) == len(reference) and bool(ring) == bool(reference)
+        assert list(ring) == list(reference)  # oldest first
+    with pytest.raises(ValueError, match="maxlen"):
+        samples_type(0)
+    with pytest.raises(TypeError):
+        samples_type(4).append("1.5")
+    assert "Samples 0 of 4" in repr(samples_type(4))
+
+
+def test_hold_times_are_recorded_on_either_path(make_pool: Any) -> None:
+    pool = make_pool(max_size=1)
+    for _ in range(30):
+        with pool.connection():
+            pass
+    hold = pool.stats().hold_time
+    assert hold["count"] == 30
+    assert 0 <= hold["p50"] <= hold["p99"] <= hold["max"] < 1.0
+
+
+def test_the_fast_check_out_waits_while_another_thread_holds_the_pools_lock(
+    make_pool: Any,
+) -> None:
+    # The compiled check-out skips the lock's acquire/release when the lock is free (it reads
+    # the lock's state): held by another thread, it must wait for it.
+    import threading
+
+    if not PURE and CPYTHON_311 and sys.version_info < (3, 13):
+        # There the state is read from the lock object directly (its layout checked first).
+        assert _drivers.speedups.lock_state_read
+
+    pool = make_pool(max_size=2)
+    warmed, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def borrower() -> None:
+        with pool.connection():  # this thread's last connection from now on
+            pass
+        warmed.set()
+        go.wait(5)
+        with pool.connection():  # the fast path: the thread's own idle connection
+            done.set()
+
+    thread = threading.Thread(target=borrower, daemon=True)
+    thread.start()
+    assert warmed.wait(5)
+    with pool._lock:
+        go.set()
+        assert not done.wait(0.2), "checked out while another thread held the pool's lock"
+    assert done.wait(5)
+    thread.join(5)
+    assert pool.stats()["checkouts"] == 2
+
+
+def test_a_timestamp_read_by_other_code_is_never_changed_under_it(make_pool: Any) -> None:
+    # The compiled paths overwrite a timestamp float in place only while nothing else holds
+    # it; one that other code holds keeps its value, and the entry gets a new one.
+    pool = make_pool(max_size=1)
+    with pool.connection() as conn:
+        entry = conn._entry
+    held_out, held_back = entry.checked_out_at, entry.returned_at
+    seen_out, seen_back = float(held_out), float(held_back)
+    for _ in range(3):
+        with pool.connection() as conn:
+            conn.cursor().execute("SELECT 1")
+    assert held_out == seen_out and held_back == seen_back
+    assert entry.checked_out_at > seen_out and entry.returned_at > seen_back
+    assert entry.busy_since == 0.0
