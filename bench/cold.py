@@ -1,6 +1,6 @@
 """Cold-cache cost of a request: what each way of serving it touches once the CPU caches have
-been emptied, counted by valgrind's cache simulator (the same counts on every run, whatever
-else the machine does).
+been emptied, counted by valgrind's cache simulator (counts that do not depend on what else
+the machine does; from run to run a total still moves by a few tens of lines).
 
 Why: alone, in a tight loop, tether's check-out + give-back takes well under a microsecond;
 in the A/B, between two requests whose server work ran on the same core, it costs several
@@ -15,12 +15,16 @@ pushed everything out of a simulated 1 MiB last-level cache (a core's L2 here):
 
 Each variant runs in its own process under valgrind twice (LOW and HIGH requests); the
 difference over the extra requests, less that of a run doing only the copies, is what one
-request costs. Garbage collection is off in those processes (its passes would land in one
-count and not the other), and so are tether's background threads (maintenance, watchdog)
-and its socket check after 1 ms idle (valgrind runs some 50x slower; in the timed runs a
-connection is reused within microseconds): what is counted is the request itself. Every
-process runs with the same hash seed (PYTHONHASHSEED=0): with a random seed each, where the
-names a request looks up sit in their dicts, and so the count, moves by some 30 lines.
+request costs. The same difference taken per function (``callgrind_annotate``, which comes
+with valgrind) says where a tether variant's lines beyond raw's are: in tether's own compiled
+code, in CPython's, in the C library's or the driver's.
+
+Garbage collection is off in those processes (its passes would land in one count and not the
+other), and so are tether's background threads (maintenance, watchdog) and its socket check
+after 1 ms idle (valgrind runs some 50x slower; in the timed runs a connection is reused
+within microseconds): what is counted is the request itself. Every process runs with the
+same hash seed (PYTHONHASHSEED=0): with a random seed each, where the names a request looks
+up sit in their dicts, and so the count, moves by some 30 lines.
 """
 
 from __future__ import annotations
@@ -29,11 +33,14 @@ import argparse
 import gc
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
+from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -109,8 +116,11 @@ def child(variant: str, driver: str, requests: int) -> None:
         request(key)
 
 
-def measure(variant: str, driver: str, requests: int, target: str) -> dict[str, int]:
-    """One process under callgrind with the cache simulator: its event totals."""
+def measure(
+    variant: str, driver: str, requests: int, target: str
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """One process under callgrind with the cache simulator: its event totals, and its
+    counts per function."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -135,12 +145,80 @@ def measure(variant: str, driver: str, requests: int, target: str) -> dict[str, 
         if done.returncode != 0:
             raise RuntimeError(f"{variant}: valgrind failed:\n{done.stderr[-2000:]}")
         events: list[str] = []
+        totals: dict[str, int] | None = None
         for line in out.read_text().splitlines():
             if line.startswith("events:"):
                 events = line.split()[1:]
             elif line.startswith(("summary:", "totals:")):
-                return dict(zip(events, map(int, line.split()[1:]), strict=False))
-    raise RuntimeError(f"{variant}: no totals in callgrind's output")
+                totals = dict(zip(events, map(int, line.split()[1:]), strict=False))
+                break
+        if totals is None:
+            raise RuntimeError(f"{variant}: no totals in callgrind's output")
+        return totals, per_function(out)
+
+
+# callgrind_annotate's function table: four counts ("1,234 (0.5%)", "0" or "."), then
+# "file:function [object]"; code inlined from a header comes without its object.
+_COUNT = r"(?:([\d,]+)(?: \([^)]*\))?|(\.))"
+_ROW = re.compile(r"^\s*" + r"\s+".join([_COUNT] * 4) + r"\s+(\S.*?)\s*$")
+
+
+def parse_functions(text: str) -> dict[str, list[int]]:
+    """``callgrind_annotate --show=Ir,ILmr,DLmr,DLmw --inclusive=no`` output as
+    ``"function (object)"`` -> [Ir, ILmr, DLmr, DLmw]. Rows of the same function from
+    several source files (headers inlined into it) are added up; a row without its object
+    takes the one its function's other rows name."""
+    rows: list[tuple[str, str | None, list[int]]] = []
+    started = False
+    for line in text.splitlines():
+        if line.rstrip().endswith("file:function"):
+            started = True
+            continue
+        m = _ROW.match(line) if started else None
+        if m is None:
+            continue
+        groups = m.groups()
+        counts = [int(groups[i].replace(",", "")) if groups[i] else 0 for i in range(0, 8, 2)]
+        where = groups[8]
+        obj = None
+        if where.endswith("]") and " [" in where:
+            where, obj = where[:-1].rsplit(" [", 1)
+            obj = Path(obj).name.split(".")[0]  # libpython3, _speedups, libc, ...
+        name = re.sub(r"'\d+$", "", where.rsplit(":", 1)[-1])  # 'N: a recursion level
+        rows.append((name, obj, counts))
+    objects: dict[str, set[str]] = defaultdict(set)
+    for name, obj, _ in rows:
+        if obj:
+            objects[name].add(obj)
+    out: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])
+    for name, named, counts in rows:
+        seen = objects.get(name, set())
+        obj = named or (next(iter(seen)) if len(seen) == 1 else "?")
+        key = f"{name} ({obj})"
+        out[key] = [a + b for a, b in zip(out[key], counts, strict=True)]
+    return dict(out)
+
+
+def per_function(path: Path) -> dict[str, list[int]]:
+    """A callgrind output's counts per function (``parse_functions``); empty when
+    callgrind_annotate is missing or fails (the totals do not need it)."""
+    if shutil.which("callgrind_annotate") is None:
+        return {}
+    done = subprocess.run(
+        [
+            "callgrind_annotate",
+            "--show=Ir,ILmr,DLmr,DLmw",
+            "--threshold=100",
+            "--inclusive=no",
+            "--auto=no",
+            str(path),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    return parse_functions(done.stdout) if done.returncode == 0 else {}
 
 
 def available() -> str | None:
@@ -150,11 +228,20 @@ def available() -> str | None:
     return None
 
 
-def run_cold(server: Any, driver: str) -> dict[str, dict[str, float]]:
-    """Per request and variant: instructions (``ir``) and last-level misses of code
-    (``code``) and data (``data``), less those of emptying the caches alone. The processes
-    run two at a time (valgrind runs one thread at a time; the counts do not depend on what
-    else runs)."""
+@dataclass
+class Cold:
+    """One driver's counts per request: ``rows`` per variant (instructions ``ir``, lines of
+    ``code`` and ``data``, less those of emptying the caches alone); ``functions`` per
+    tether variant, the lines it touches beyond raw's, per function, most first:
+    (function, code, data)."""
+
+    rows: dict[str, dict[str, float]]
+    functions: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
+
+
+def run_cold(server: Any, driver: str) -> Cold:
+    """The counts per request of every variant. The processes run two at a time (valgrind
+    runs one thread at a time; the counts do not depend on what else runs)."""
     target = json.dumps({"kwargs": connect_kwargs(server, driver), "url": server.dsn()})
     jobs = [(v, n) for v in VARIANTS for n in (LOW, HIGH)]
     with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as ex:
@@ -162,10 +249,10 @@ def run_cold(server: Any, driver: str) -> dict[str, dict[str, float]]:
         got = {job: f.result() for job, f in futures.items()}
 
     def per(variant: str, event: str) -> float:
-        return (got[(variant, HIGH)][event] - got[(variant, LOW)][event]) / (HIGH - LOW)
+        return (got[(variant, HIGH)][0][event] - got[(variant, LOW)][0][event]) / (HIGH - LOW)
 
     empty = VARIANTS[0]
-    return {
+    rows = {
         variant: {
             "ir": per(variant, "Ir") - per(empty, "Ir"),
             "code": per(variant, "ILmr") - per(empty, "ILmr"),
@@ -173,6 +260,34 @@ def run_cold(server: Any, driver: str) -> dict[str, dict[str, float]]:
         }
         for variant in VARIANTS[1:]
     }
+    return Cold(rows, {v: over_raw(got, v) for v in VARIANTS if v.startswith("tether")})
+
+
+def over_raw(
+    got: dict[tuple[str, int], tuple[dict[str, int], dict[str, list[int]]]], variant: str
+) -> list[tuple[str, float, float]]:
+    """Per function, the lines of code and data one request of ``variant`` touches beyond
+    one of the raw held connection (each per request: HIGH less LOW), most first; empty
+    without per-function counts."""
+
+    def per_request(v: str) -> dict[str, list[float]]:
+        low, high = got[(v, LOW)][1], got[(v, HIGH)][1]
+        return {
+            k: [
+                (high.get(k, [0] * 4)[i] - low.get(k, [0] * 4)[i]) / (HIGH - LOW) for i in (1, 2, 3)
+            ]
+            for k in low.keys() | high.keys()
+        }
+
+    ours, raw = per_request(variant), per_request("raw held connection")
+    if not ours or not raw:
+        return []
+    out = []
+    for k in ours.keys() | raw.keys():
+        a, b = ours.get(k, [0.0] * 3), raw.get(k, [0.0] * 3)
+        out.append((k, a[0] - b[0], a[1] + a[2] - b[1] - b[2]))
+    out.sort(key=lambda r: -(r[1] + r[2]))
+    return out
 
 
 def table_lines(driver: str, rows: dict[str, dict[str, float]]) -> list[str]:
@@ -197,6 +312,36 @@ def table_lines(driver: str, rows: dict[str, dict[str, float]]) -> list[str]:
     return [*out, ""]
 
 
+def functions_lines(
+    driver: str, cold: Cold, variant: str = "tether Pool", top: int = 12
+) -> list[str]:
+    """Where ``variant``'s lines beyond raw's are: the functions with the most, and the sum
+    per object (tether's compiled module, CPython, the C library, the driver). A function's
+    lines are those it is the first to touch after the caches were emptied, so code that
+    raw and tether share is counted where it first runs."""
+    rows = cold.functions.get(variant, [])
+    if not rows:
+        return []
+    by_object: dict[str, float] = defaultdict(float)
+    for name, code, data in rows:
+        by_object[name.rsplit(" (", 1)[-1].rstrip(")")] += code + data
+    total = sum(code + data for _, code, data in rows)
+    shares = ", ".join(
+        f"{obj} {lines:+,.0f}"
+        for obj, lines in sorted(by_object.items(), key=lambda x: -x[1])
+        if abs(lines) >= 1
+    )
+    out = [
+        f"*{variant}, {driver}: where its {total:+,.0f} lines are.* By object: {shares}.",
+        "",
+        "| function (object) | code lines | data lines | over raw |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, code, data in rows[:top]:
+        out.append(f"| `{name}` | {code:+,.1f} | {data:+,.1f} | {code + data:+,.1f} |")
+    return [*out, ""]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--driver", choices=("pymysql", "mysqlclient"), default="mysqlclient")
@@ -212,8 +357,10 @@ def main() -> int:
         return 2
     os.environ.pop("TETHER_NO_SPEEDUPS", None)
     with bench_server() as server:
-        rows = run_cold(server, args.driver)
-    print("\n".join(table_lines(args.driver, rows)))
+        counts = run_cold(server, args.driver)
+    print("\n".join(table_lines(args.driver, counts.rows)))
+    for variant in counts.functions:
+        print("\n".join(functions_lines(args.driver, counts, variant)))
     return 0
 
 

@@ -143,7 +143,7 @@ class Results:
     ab_skipped: dict[str, str]  # layout -> why it did not run
     web: dict[str, Any] | None
     web_note: str | None
-    cold: dict[str, dict[str, dict[str, float]]]  # driver -> variant -> counts per request
+    cold: dict[str, cold.Cold]  # driver -> counts per request
     cold_note: str | None
 
 
@@ -283,7 +283,7 @@ def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]
     return ab, where, skipped
 
 
-def run_cold(server: Any, plan: Plan) -> tuple[dict[str, dict[str, dict[str, float]]], str | None]:
+def run_cold(server: Any, plan: Plan) -> tuple[dict[str, cold.Cold], str | None]:
     """The cold-cache counts (``cold.py``) per driver, or why there are none: a full run
     only (they take some two minutes per driver under valgrind)."""
     if plan.quick:
@@ -292,7 +292,7 @@ def run_cold(server: Any, plan: Plan) -> tuple[dict[str, dict[str, dict[str, flo
     if why is not None:
         return {}, f"Not run: {why}."
     print("cold-cache counts (valgrind) ...", flush=True)
-    out: dict[str, dict[str, dict[str, float]]] = {}
+    out: dict[str, cold.Cold] = {}
     try:
         for driver in plan.drivers:
             out[driver] = cold.run_cold(server, driver)
@@ -1025,16 +1025,27 @@ def cold_section(r: Results) -> list[str]:
         " then costs what it touches for the first time, in distinct cache lines of code and"
         " data, more than what it executes. Counted per request by valgrind's cache simulator"
         f" (`{cold.__name__}.py`: an 8 MiB copy empties a simulated 1 MiB last-level cache before"
-        " every request; one hash seed for every process, so the counts are the same on every"
-        " run): instructions, and lines of"
+        " every request; one hash seed for every process; the counts do not depend on what"
+        " else the machine does, yet from run to run a total moves by a few tens of lines, and"
+        " a tether variant's lines over raw by some 40 either way): instructions, and lines of"
         " code and data fetched into that cache. *over raw*: the lines a tether variant touches"
         " beyond the raw held connection's for the same request.",
         "",
     ]
     if not r.cold:
         return [*lines, r.cold_note or "Not run.", ""]
-    for driver, rows in r.cold.items():
-        lines += cold.table_lines(driver, rows)
+    for driver, counts in r.cold.items():
+        lines += cold.table_lines(driver, counts.rows)
+    where = [x for driver, counts in r.cold.items() for x in cold.functions_lines(driver, counts)]
+    if where:
+        lines += [
+            "Where tether Pool's lines beyond raw's are, per function: the functions with the"
+            " most, and the sum per object (tether's compiled `_speedups`, CPython's"
+            " `libpython3`, the C library, the driver). A line counts for the function that"
+            " first touches it after the caches were emptied.",
+            "",
+            *where,
+        ]
     if r.cold_note:
         lines += [r.cold_note, ""]
     return lines
