@@ -626,9 +626,10 @@ def summary_lines(r: Results, all_verdicts: list[Verdict]) -> list[str]:
             ]
             ahead += best_tether >= max(peers)
     acquire = [r.acquire[d][n] for d in r.plan.drivers for n in TETHER]
+    low, high = f"{min(acquire):.1f}", f"{max(acquire):.1f}"
     return [
         f"Throughput targets met in {met} of {len(all_verdicts)} rows; check-out + give-back"
-        f" {min(acquire):.1f}-{max(acquire):.1f} µs against <= {ACQUIRE_TARGET_US:g} µs"
+        f" {low if low == high else f'{low}-{high}'} µs against <= {ACQUIRE_TARGET_US:g} µs"
         f" ({'met' if max(acquire) <= ACQUIRE_TARGET_US else '**MISSED**'}). In the cells,"
         f" tether is ahead of (or level with) every peer in {ahead} of {groups} (driver,"
         " threads) groups. Why targets are missed: *Reading the figures* below.",
