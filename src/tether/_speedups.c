@@ -65,6 +65,8 @@ typedef struct {
     PyObject *zero;
     double trusted;
     int lock_mirror; /* the lock's `locked` field can be read directly (LockMirror) */
+    PyTypeObject *local_type, *local_dummy_type; /* threading.local and its per-thread holder */
+    int local_mirror; /* a threading.local's per-thread dict can be found directly */
     /* Pool slots */
     Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times, p_idle, p_in_use,
         p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
@@ -267,7 +269,70 @@ typedef struct {
     char locked;
 } LockMirror;
 #define TETHER_LOCK_MIRROR 1
+
+/* threading.local's objects in the same versions: the local holds the key of this thread's
+ * holder in the thread state's dict, and the holder the thread's own attribute dict. The
+ * check-out reads `local.last` from there: two dict look-ups by identity, where the attribute
+ * protocol (local_getattro) also finds the module state, compares the name with "__dict__"
+ * and looks the name up on the type, all of it code and data a request otherwise never
+ * touches. bind() first checks the layout on a local of its own (S.local_mirror). */
+typedef struct {
+    PyObject_HEAD
+    PyObject *key;
+    PyObject *args;
+    PyObject *kw;
+    PyObject *weakreflist;
+    PyObject *dummies;
+    PyObject *wr_callback;
+} LocalMirror;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *localdict;
+    PyObject *weakreflist;
+} LocalDummyMirror;
+#define TETHER_LOCAL_MIRROR 1
 #endif
+
+#ifdef TETHER_LOCAL_MIRROR
+/* This thread's attribute dict of a threading.local (borrowed), or NULL: not there yet (the
+ * thread's first use makes it through the attribute protocol), or an error set. */
+static PyObject *
+local_dict(PyObject *local)
+{
+    PyObject *tdict = PyThreadState_GetDict(), *key = ((LocalMirror *)local)->key;
+    if (tdict == NULL || key == NULL) {
+        return NULL;
+    }
+    PyObject *dummy = PyDict_GetItemWithError(tdict, key);
+    if (dummy == NULL || !Py_IS_TYPE(dummy, S.local_dummy_type)) {
+        return NULL;
+    }
+    PyObject *ldict = ((LocalDummyMirror *)dummy)->localdict;
+    return ldict != NULL && PyDict_CheckExact(ldict) ? ldict : NULL;
+}
+#endif
+
+/* getattr(local, "last") as a new reference; NULL with AttributeError set when unset. */
+static PyObject *
+local_last(PyObject *local)
+{
+#ifdef TETHER_LOCAL_MIRROR
+    if (S.local_mirror && Py_IS_TYPE(local, S.local_type)) {
+        PyObject *ldict = local_dict(local);
+        if (ldict != NULL) {
+            PyObject *v = PyDict_GetItemWithError(ldict, S.s_last);
+            if (v != NULL) {
+                return Py_NewRef(v);
+            }
+        }
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+    }
+#endif
+    return PyObject_GetAttr(local, S.s_last);
+}
 
 /* The pool's lock for a short section that runs entirely in this module: no Python code, no
  * allocation of objects the garbage collector tracks, nothing that lets go of the GIL. While
@@ -519,7 +584,7 @@ own_idle(PyObject *self, PyObject *timeout)
     if (local == NULL) {
         return NULL;
     }
-    PyObject *last = PyObject_GetAttr(local, S.s_last);
+    PyObject *last = local_last(local);
     if (last == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
             return NULL;
@@ -1705,6 +1770,50 @@ method(PyMethodDef *def, PyTypeObject *type)
     return PyDescr_NewMethod(type, def);
 }
 
+/* threading.local's types, and whether LocalMirror matches them: checked on a local of our
+ * own, through this thread's attribute dict found as local_dict() finds it. -1 on error. */
+static int
+bind_local_mirror(State *s)
+{
+    PyObject *threading = PyImport_ImportModule("_thread");
+    PyObject *local_type = threading ? PyObject_GetAttrString(threading, "_local") : NULL;
+    Py_XDECREF(threading);
+    if (local_type == NULL) {
+        return -1;
+    }
+    s->local_type = (PyTypeObject *)local_type;
+    s->local_dummy_type = NULL;
+    s->local_mirror = 0;
+#ifdef TETHER_LOCAL_MIRROR
+    PyObject *probe = PyObject_CallNoArgs(local_type);
+    PyObject *value = PyObject_CallNoArgs((PyObject *)&PyBaseObject_Type);
+    if (probe == NULL || value == NULL || PyObject_SetAttrString(probe, "probe", value) < 0) {
+        Py_XDECREF(probe);
+        Py_XDECREF(value);
+        return -1;
+    }
+    PyObject *tdict = PyThreadState_GetDict(), *key = ((LocalMirror *)probe)->key;
+    PyObject *dummy = NULL;
+    if (PyType_Check(local_type) && Py_IS_TYPE(probe, (PyTypeObject *)local_type) &&
+        ((PyTypeObject *)local_type)->tp_basicsize == sizeof(LocalMirror) && tdict != NULL &&
+        key != NULL && PyUnicode_Check(key)) {
+        dummy = PyDict_GetItemWithError(tdict, key);
+    }
+    if (dummy != NULL && Py_TYPE(dummy)->tp_basicsize == sizeof(LocalDummyMirror)) {
+        PyObject *ldict = ((LocalDummyMirror *)dummy)->localdict;
+        if (ldict != NULL && PyDict_CheckExact(ldict) &&
+            PyDict_GetItemString(ldict, "probe") == value) {
+            s->local_dummy_type = (PyTypeObject *)Py_NewRef(Py_TYPE(dummy));
+            s->local_mirror = 1;
+        }
+    }
+    PyErr_Clear();
+    Py_DECREF(probe);
+    Py_DECREF(value);
+#endif
+    return 0;
+}
+
 static PyObject *
 bind(PyObject *module, PyObject *args, PyObject *kwds)
 {
@@ -1819,6 +1928,11 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     /* For the tests: whether the lock's state is read directly. */
     if (PyObject_SetAttrString(module, "lock_state_read", s.lock_mirror ? Py_True : Py_False) <
         0) {
+        return NULL;
+    }
+    if (bind_local_mirror(&s) < 0 ||
+        PyObject_SetAttrString(module, "local_state_read", s.local_mirror ? Py_True : Py_False) <
+            0) {
         return NULL;
     }
     s.pool_type = (PyTypeObject *)Py_NewRef(pool);

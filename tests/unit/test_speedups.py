@@ -359,3 +359,37 @@ def test_a_timestamp_read_by_other_code_is_never_changed_under_it(make_pool: Any
     assert held_out == seen_out and held_back == seen_back
     assert entry.checked_out_at > seen_out and entry.returned_at > seen_back
     assert entry.busy_since == 0.0
+
+
+def test_each_thread_finds_its_own_last_connection(make_pool: Any) -> None:
+    # The compiled check-out reads the thread's last connection from threading.local's
+    # per-thread dict directly (its layout checked first): each thread, its first use
+    # included, must see its own and only its own.
+    import threading
+
+    if not PURE and CPYTHON_311 and sys.version_info < (3, 13):
+        assert _drivers.speedups.local_state_read
+
+    pool = make_pool(max_size=4)
+    barrier = threading.Barrier(3)
+    seen: dict[str, list[int]] = {}
+
+    def worker(name: str) -> None:
+        got = []
+        for _ in range(5):
+            with pool.connection() as conn:
+                got.append(id(conn._entry))
+                barrier.wait(5)  # all three hold one at once: three distinct connections
+            barrier.wait(5)
+        seen[name] = got
+
+    threads = [threading.Thread(target=worker, args=(str(i),)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert sorted(seen) == ["0", "1", "2"]
+    for got in seen.values():
+        assert len(set(got)) == 1, "a thread did not get its own last connection back"
+    assert len({got[0] for got in seen.values()}) == 3
+    assert pool.stats()["checkouts"] == 15
