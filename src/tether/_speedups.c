@@ -12,10 +12,12 @@
  * work on the same core between two requests) both cost several times more: what counts
  * there is how many distinct code and data cache lines a check-out touches, cold, and much
  * of that is CPython's own (threading.local, the idle/in-use dicts, allocation). So the C
- * here also avoids what it can of that: a C counter, the status reader called directly, the
- * caller's frame read without making a frame object of it, the last give-back's proxy handed
- * out again when nothing else can see it (no allocation, finalizer and deallocation per
- * request), a cursor class's driver execute kept while the class is unchanged.
+ * here also avoids what it can of that: C counters, the status reader called directly, the
+ * thread's last connection read from threading.local's per-thread dict, entries left parked
+ * in the dict they are filed in (no dict operations per request), the caller's frame read
+ * without making a frame object of it, the last give-back's proxy handed out again when
+ * nothing else can see it (no allocation, finalizer and deallocation per request), a cursor
+ * class's driver execute kept while the class is unchanged.
  *
  * The objects are pool.py's: Pool, _Entry and PooledConnection keep their state in
  * __slots__, and bind() looks up each slot's offset once from its member descriptor (the
@@ -68,13 +70,13 @@ typedef struct {
     PyTypeObject *local_type, *local_dummy_type; /* threading.local and its per-thread holder */
     int local_mirror; /* a threading.local's per-thread dict can be found directly */
     /* Pool slots */
-    Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times, p_idle, p_in_use,
+    Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times,
         p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
-        p_fast_checkouts;
+        p_fast_checkouts, p_parked;
     /* _Entry slots */
     Py_ssize_t e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
         e_gen, e_last_active,
-        e_last_status, e_leak_reported, e_owner, e_pid, e_fd, e_raw, e_returned_at,
+        e_last_status, e_leak_reported, e_owner, e_parked, e_pid, e_fd, e_raw, e_returned_at,
         e_session_dirty, e_spare, e_state, e_status, e_tainted, e_unbuffered;
     /* PooledConnection slots */
     Py_ssize_t c_entry, c_gen, c_pool, c_raw;
@@ -90,11 +92,12 @@ typedef struct {
 static State S;
 static int bound = 0;
 
-/* A counter the compiled check-out adds to under the pool's lock (Pool._fast_checkouts):
- * one C integer instead of a read, an addition and a store in the counters dict. */
+/* A counter the compiled paths add to under the pool's lock (Pool._fast_checkouts,
+ * Pool._parked): one C integer instead of a read, an addition and a store of a Python int.
+ * Python code reads it with int() or bool() and adds to it in place (+=, -=). */
 typedef struct {
     PyObject_HEAD
-    unsigned long long n;
+    long long n;
 } Tally;
 
 static PyTypeObject TallyType;
@@ -492,6 +495,24 @@ count_checkout(PyObject *pool)
     return count(pool, S.s_checkouts);
 }
 
+/* A fast path's change of the entry's state between idle and in use, the entry left in the
+ * dict it is filed in: parked if it was filed by its state, filed if it was parked
+ * (Pool._toggle_parked_locked). Runs no Python code. 0, or -1 when the pool's counter is not
+ * a Tally: then the caller takes the Python path, which files entries itself. */
+static int
+toggle_parked(PyObject *pool, PyObject *entry, PyObject *state)
+{
+    PyObject *tally = SLOT(pool, S.p_parked);
+    if (tally == NULL || !Py_IS_TYPE(tally, &TallyType)) {
+        return -1;
+    }
+    int was = SLOT(entry, S.e_parked) == Py_True;
+    set_slot(entry, S.e_state, state);
+    set_slot(entry, S.e_parked, was ? Py_False : Py_True);
+    ((Tally *)tally)->n += was ? -1 : 1;
+    return 0;
+}
+
 /* The server status bits of the entry's last reply: its StatusReader read directly (no call
  * through the object protocol, no int object), or any other reader called. */
 static int
@@ -653,12 +674,8 @@ own_idle(PyObject *self, PyObject *timeout)
             Py_DECREF(lock);
             goto error;
         }
-        if (mine && !bad) {
-            PyObject *idle = GET(self, p_idle);
-            PyObject *in_use = idle ? GET(self, p_in_use) : NULL;
-            if (in_use == NULL || PyDict_DelItem(idle, last) < 0 ||
-                (set_slot(last, S.e_state, S.in_use), PyDict_SetItem(in_use, last, Py_None) < 0) ||
-                count_checkout(self) < 0) {
+        if (mine && !bad && toggle_parked(self, last, S.in_use) == 0) {
+            if (count_checkout(self) < 0) {
                 if (locked) {
                     release_keeping_error(lock);
                 }
@@ -991,19 +1008,9 @@ release(PyObject *pool, PyObject *entry)
                     Py_DECREF(lock);
                     goto error;
                 }
-                if (!waiters && !closed && now < expires) {
-                    /* _checkin's common case. */
-                    PyObject *in_use = GET(pool, p_in_use);
-                    PyObject *idle = in_use ? GET(pool, p_idle) : NULL;
-                    if (idle == NULL || PyDict_DelItem(in_use, entry) < 0 ||
-                        (set_slot(entry, S.e_state, S.idle),
-                         PyDict_SetItem(idle, entry, Py_None) < 0)) {
-                        if (locked) {
-                            release_keeping_error(lock);
-                        }
-                        Py_DECREF(lock);
-                        goto error;
-                    }
+                if (!waiters && !closed && now < expires &&
+                    toggle_parked(pool, entry, S.idle) == 0) {
+                    /* _checkin's common case, the entry left where it is filed. */
                     int released = locked ? call_lock(S.lock_release, lock) : 0;
                     Py_DECREF(lock);
                     if (released < 0) {
@@ -1597,18 +1604,54 @@ static PyTypeObject StatusReaderType = {
 static PyObject *
 tally_int(Tally *t)
 {
-    return PyLong_FromUnsignedLongLong(t->n);
+    return PyLong_FromLongLong(t->n);
+}
+
+static int
+tally_bool(Tally *t)
+{
+    return t->n != 0;
+}
+
+/* tally += n, tally -= n: in place, the same object. */
+static PyObject *
+tally_add(PyObject *self, PyObject *other, int sign)
+{
+    if (!Py_IS_TYPE(self, &TallyType) || !PyLong_Check(other)) {
+        Py_RETURN_NOTIMPLEMENTED;
+    }
+    long long v = PyLong_AsLongLong(other);
+    if (v == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    ((Tally *)self)->n += sign * v;
+    return Py_NewRef(self);
+}
+
+static PyObject *
+tally_iadd(PyObject *self, PyObject *other)
+{
+    return tally_add(self, other, 1);
+}
+
+static PyObject *
+tally_isub(PyObject *self, PyObject *other)
+{
+    return tally_add(self, other, -1);
 }
 
 static PyNumberMethods tally_as_number = {
+    .nb_bool = (inquiry)tally_bool,
     .nb_int = (unaryfunc)tally_int,
     .nb_index = (unaryfunc)tally_int,
+    .nb_inplace_add = tally_iadd,
+    .nb_inplace_subtract = tally_isub,
 };
 
 static PyObject *
 tally_repr(Tally *t)
 {
-    return PyUnicode_FromFormat("<Tally %llu>", t->n);
+    return PyUnicode_FromFormat("<Tally %lld>", t->n);
 }
 
 static PyTypeObject TallyType = {
@@ -1616,7 +1659,8 @@ static PyTypeObject TallyType = {
     .tp_name = "tether._speedups.Tally",
     .tp_basicsize = sizeof(Tally),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Tally(): a counter the compiled check-out adds to; int(tally) reads it",
+    .tp_doc = "Tally(): a counter the compiled paths add to; int(tally) reads it, += and -= "
+              "add to it in place",
     .tp_as_number = &tally_as_number,
     .tp_repr = (reprfunc)tally_repr,
     .tp_new = PyType_GenericNew,
@@ -1840,11 +1884,10 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {pool, "_fast_checkouts", &s.p_fast_checkouts},
         {pool, "_fresh_for", &s.p_fresh_for},
         {pool, "_hold_times", &s.p_hold_times},
-        {pool, "_idle", &s.p_idle},
-        {pool, "_in_use", &s.p_in_use},
         {pool, "_leaked", &s.p_leaked},
         {pool, "_local", &s.p_local},
         {pool, "_lock", &s.p_lock},
+        {pool, "_parked", &s.p_parked},
         {pool, "_pid", &s.p_pid},
         {pool, "_release_mask", &s.p_release_mask},
         {pool, "_waiters", &s.p_waiters},
@@ -1861,6 +1904,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {entry, "last_status", &s.e_last_status},
         {entry, "leak_reported", &s.e_leak_reported},
         {entry, "owner", &s.e_owner},
+        {entry, "parked", &s.e_parked},
         {entry, "pid", &s.e_pid},
         {entry, "fd", &s.e_fd},
         {entry, "raw", &s.e_raw},

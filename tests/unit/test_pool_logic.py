@@ -386,6 +386,94 @@ def test_the_fast_path_stays_fair_and_bounded_across_threads(
     assert len(fake.connections) <= 3
 
 
+def filed_by_state(pool: Any) -> tuple[int, int]:
+    """(idle, in use) counted by state, after checking the parking bookkeeping: every entry
+    filed by its state or marked parked, and the pool's count of parked ones right."""
+    with pool._lock:
+        entries = [*pool._idle, *pool._in_use]
+        assert len(set(entries)) == len(entries), "an entry is filed twice"
+        for entry in pool._idle:
+            assert (entry.state is tether.pool.IDLE) != entry.parked
+        for entry in pool._in_use:
+            assert (entry.state is tether.pool.IN_USE) != entry.parked
+        assert int(pool._parked) == sum(entry.parked for entry in entries)
+        states = [entry.state for entry in entries]
+        return states.count(tether.pool.IDLE), states.count(tether.pool.IN_USE)
+
+
+def test_a_connection_left_parked_by_the_fast_paths_is_seen_by_everything_else(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    # A thread taking back its own connection, and giving it back clean, only flips its
+    # state (no dict moves); another thread's check-out, a waiter, stats(), repr() and
+    # close() must all see where it really is.
+    pool = make_pool(max_size=1, timeout=5)
+    for _ in range(3):
+        with pool.connection():
+            assert filed_by_state(pool) == (0, 1)
+            stats = pool.stats()
+            assert (stats.idle, stats.in_use) == (0, 1)
+            assert "idle=0 in_use=1" in repr(pool)
+        assert filed_by_state(pool) == (1, 0)
+        assert "idle=1 in_use=0" in repr(pool)
+        assert (pool.stats().idle, pool.stats().in_use) == (1, 0)
+
+    # Another thread finds the parked idle connection (bound 1: no second one opened).
+    seen: list[tuple[int, int]] = []
+
+    def other() -> None:
+        with pool.connection():
+            seen.append(filed_by_state(pool))
+
+    run_threads(other, [()])
+    assert seen == [(0, 1)] and len(fake.connections) == 1
+    assert filed_by_state(pool) == (1, 0)
+
+    pool2 = make_pool(max_size=1, timeout=5)
+    with pool2.connection():
+        pass
+    with pool2.connection():  # the fast path: parked as in use
+        served = threading.Event()
+
+        def waiter() -> None:
+            with pool2.connection():
+                served.set()
+
+        t = threading.Thread(target=waiter)
+        t.start()
+        time.sleep(0.1)
+        assert not served.is_set()
+    # Given back with a waiter: handed over, not parked.
+    t.join(5)
+    assert served.is_set()
+    assert filed_by_state(pool2) == (1, 0)
+    assert pool2.stats()["checkouts"] == 3
+    pool2.close()
+    assert filed_by_state(pool2) == (0, 0)
+
+
+def test_parking_bookkeeping_holds_under_contention(make_pool: Any, fake: FakeDriver) -> None:
+    # Threads on fast and slow paths at once (more threads than connections): at the end every
+    # entry is filed by its state and the counts add up.
+    pool = make_pool(max_size=3, timeout=10)
+    errors: list[BaseException] = []
+
+    def worker(n: int) -> None:
+        try:
+            for i in range(200):
+                with pool.connection():
+                    if (i + n) % 50 == 0:
+                        pool.stats()
+        except BaseException as exc:
+            errors.append(exc)
+
+    run_threads(worker, [(n,) for n in range(8)])
+    assert not errors
+    assert filed_by_state(pool) == (len(fake.connections), 0)
+    stats = pool.stats()
+    assert stats["checkouts"] == 8 * 200 and stats.in_use == 0 and stats.idle <= 3
+
+
 def test_options_are_keyword_only(fake: FakeDriver) -> None:
     with pytest.raises(TypeError):
         tether.Pool("mysql://a@h/d", fake, 4)  # type: ignore[misc]
