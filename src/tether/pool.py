@@ -1764,6 +1764,9 @@ def use_speedups(on: bool) -> bool:
     for (cls, name), method in table.items():
         setattr(cls, name, method)
     SPEEDUPS = bool(on and _COMPILED)
+    if _COMPILED and _drivers.speedups is not None:
+        # The proxy's attribute look-up (conn.cursor and every other attribute) as well.
+        _drivers.speedups.fast_getattr(SPEEDUPS)
     return SPEEDUPS
 
 

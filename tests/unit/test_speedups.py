@@ -393,3 +393,43 @@ def test_each_thread_finds_its_own_last_connection(make_pool: Any) -> None:
         assert len(set(got)) == 1, "a thread did not get its own last connection back"
     assert len({got[0] for got in seen.values()}) == 3
     assert pool.stats()["checkouts"] == 15
+
+
+def test_the_proxys_attribute_look_up_delegates_as_before(make_pool: Any) -> None:
+    # With the compiled paths the proxy's attribute look-up is compiled too (one type look-up
+    # for conn.cursor instead of three); the proxy's own attributes, the driver's through
+    # __getattr__ (which marks the session as touched) and a missing one all behave as
+    # with CPython's own, which use_speedups(False) puts back.
+    from tether.connection import PooledConnection
+
+    if not PURE and CPYTHON_311:
+        assert _drivers.speedups.fast_getattr(True)
+    pool = make_pool(max_size=1)
+    try:
+        for on in (True, False, True):
+            pool_module.use_speedups(on)
+            if not PURE and CPYTHON_311:
+                assert _drivers.speedups.fast_getattr(on) is on
+            with pool.connection() as conn:
+                assert conn.cursor.__name__ == "cursor"
+                assert not conn._entry.tainted
+                assert conn.pings == 0  # the fake connection's own attribute, via __getattr__
+                assert conn._entry.tainted
+                with pytest.raises(AttributeError):
+                    conn.no_such_attribute  # noqa: B018
+                with pytest.raises(AttributeError):
+                    conn.__no_such_dunder__  # noqa: B018
+    finally:
+        pool_module.use_speedups(not PURE)
+    # Setting __getattr__ on the class puts CPython's look-up back by itself.
+    original = PooledConnection.__dict__["__getattr__"]
+    try:
+        PooledConnection.__getattr__ = lambda self, name: 42  # type: ignore[method-assign]
+        with pool.connection() as conn:
+            assert conn.anything == 42
+    finally:
+        PooledConnection.__getattr__ = original  # type: ignore[method-assign]
+        pool_module.use_speedups(not PURE)
+    with pool.connection() as conn:
+        with pytest.raises(AttributeError):
+            conn.anything  # noqa: B018
