@@ -25,14 +25,31 @@ after 1 ms idle (valgrind runs some 50x slower; in the timed runs a connection i
 within microseconds): what is counted is the request itself. Every process runs with the
 same hash seed (PYTHONHASHSEED=0): with a random seed each, where the names a request looks
 up sit in their dicts, and so the count, moves by some 30 lines.
+
+One more thing moves a count, by up to some 60 lines: CPython's type attribute cache. A
+look-up of a name on a class (a method, ``__enter__``, an instance attribute's check for a
+descriptor) lands in a slot chosen from the class's version tag and the name's address, and
+two of a request's look-ups that land in the same slot evict each other on every request,
+each miss then walking the class's MRO. Which pairs collide changes with any change of
+code, import order or memory layout: in the timed runs, from process to process. So each
+variant runs under LAYOUTS different layouts (its processes first give tags to 0, 1, 2, ...
+classes of their own, which moves every later tag) and the table shows the run with the
+median total: the typical case, not a lucky or unlucky one.
 """
 
 from __future__ import annotations
 
+import os
+
+if os.environ.get("TETHER_COLD_LAYOUT"):
+    # A measured process (child()) under one of the LAYOUTS (see the docstring): before
+    # anything the request uses is imported, that many classes of its own get their tags.
+    for _i in range(int(os.environ["TETHER_COLD_LAYOUT"])):
+        getattr(type(f"_Layout{_i}", (), {}), "tag", None)
+
 import argparse
 import gc
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -49,7 +66,8 @@ from common import QUERY, ROWS, bench_server, connect_kwargs, driver_module
 import tether
 from tether import pool as pool_module
 
-LOW, HIGH = 20, 220
+LOW, HIGH = 20, 140
+LAYOUTS = 3  # type attribute cache layouts per variant (see the docstring); the median counts
 EVICT_BYTES = 8 << 20
 LAST_LEVEL = "--LL=1048576,16,64"
 VARIANTS = (
@@ -117,10 +135,10 @@ def child(variant: str, driver: str, requests: int) -> None:
 
 
 def measure(
-    variant: str, driver: str, requests: int, target: str
+    variant: str, driver: str, requests: int, target: str, layout: int = 0
 ) -> tuple[dict[str, int], dict[str, list[int]]]:
-    """One process under callgrind with the cache simulator: its event totals, and its
-    counts per function."""
+    """One process under callgrind with the cache simulator, in type cache layout
+    ``layout``: its event totals, and its counts per function."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
         cmd = [
@@ -138,7 +156,12 @@ def measure(
         ]
         # One hash seed for every process: with a random one each, the layout of the dicts
         # a request looks names up in moves a count by some 30 lines from run to run.
-        env = dict(os.environ, TETHER_COLD_TARGET=target, PYTHONHASHSEED="0")
+        env = dict(
+            os.environ,
+            TETHER_COLD_TARGET=target,
+            PYTHONHASHSEED="0",
+            TETHER_COLD_LAYOUT=str(layout),
+        )
         done = subprocess.run(
             cmd, check=False, capture_output=True, text=True, timeout=900, env=env
         )
@@ -231,7 +254,9 @@ def available() -> str | None:
 @dataclass
 class Cold:
     """One driver's counts per request: ``rows`` per variant (instructions ``ir``, lines of
-    ``code`` and ``data``, less those of emptying the caches alone); ``functions`` per
+    ``code`` and ``data``, less those of emptying the caches alone, of the run with the
+    median total; ``low`` and ``high``: the least and most total lines over the LAYOUTS,
+    when measured); ``functions`` per
     tether variant, the lines it touches beyond raw's, per function, most first:
     (function, code, data)."""
 
@@ -239,28 +264,49 @@ class Cold:
     functions: dict[str, list[tuple[str, float, float]]] = field(default_factory=dict)
 
 
+def median_layout(totals: dict[int, float]) -> int:
+    """The layout whose total is the median of ``totals`` (layout -> lines per request)."""
+    ranked = sorted(totals, key=lambda k: (totals[k], k))
+    return ranked[(len(ranked) - 1) // 2]
+
+
 def run_cold(server: Any, driver: str) -> Cold:
-    """The counts per request of every variant. The processes run two at a time (valgrind
-    runs one thread at a time; the counts do not depend on what else runs)."""
+    """The counts per request of every variant: of its run with the median total over the
+    LAYOUTS (the emptying alone under one: it looks nothing up). The processes run two at a
+    time (valgrind runs one thread at a time; the counts do not depend on what else runs)."""
     target = json.dumps({"kwargs": connect_kwargs(server, driver), "url": server.dsn()})
-    jobs = [(v, n) for v in VARIANTS for n in (LOW, HIGH)]
+    empty = VARIANTS[0]
+    jobs = [
+        (v, n, k)
+        for v in VARIANTS
+        for k in (range(LAYOUTS) if v != empty else [0])
+        for n in (LOW, HIGH)
+    ]
     with ThreadPoolExecutor(max_workers=max(1, min(2, os.cpu_count() or 1))) as ex:
-        futures = {job: ex.submit(measure, job[0], driver, job[1], target) for job in jobs}
+        futures = {job: ex.submit(measure, job[0], driver, job[1], target, job[2]) for job in jobs}
         got = {job: f.result() for job, f in futures.items()}
 
-    def per(variant: str, event: str) -> float:
-        return (got[(variant, HIGH)][0][event] - got[(variant, LOW)][0][event]) / (HIGH - LOW)
+    def per(variant: str, k: int, event: str) -> float:
+        high, low = got[(variant, HIGH, k)][0], got[(variant, LOW, k)][0]
+        return (high[event] - low[event]) / (HIGH - LOW)
 
-    empty = VARIANTS[0]
-    rows = {
-        variant: {
-            "ir": per(variant, "Ir") - per(empty, "Ir"),
-            "code": per(variant, "ILmr") - per(empty, "ILmr"),
-            "data": sum(per(variant, e) - per(empty, e) for e in ("DLmr", "DLmw")),
+    def counts(variant: str, k: int) -> dict[str, float]:
+        return {
+            "ir": per(variant, k, "Ir") - per(empty, 0, "Ir"),
+            "code": per(variant, k, "ILmr") - per(empty, 0, "ILmr"),
+            "data": sum(per(variant, k, e) - per(empty, 0, e) for e in ("DLmr", "DLmw")),
         }
-        for variant in VARIANTS[1:]
-    }
-    return Cold(rows, {v: over_raw(got, v) for v in VARIANTS if v.startswith("tether")})
+
+    rows: dict[str, dict[str, float]] = {}
+    picked: dict[tuple[str, int], tuple[dict[str, int], dict[str, list[int]]]] = {}
+    for variant in VARIANTS[1:]:
+        each = {k: counts(variant, k) for k in range(LAYOUTS)}
+        totals = {k: c["code"] + c["data"] for k, c in each.items()}
+        k = median_layout(totals)
+        rows[variant] = {**each[k], "low": min(totals.values()), "high": max(totals.values())}
+        for n in (LOW, HIGH):
+            picked[(variant, n)] = got[(variant, n, k)]
+    return Cold(rows, {v: over_raw(picked, v) for v in VARIANTS if v.startswith("tether")})
 
 
 def over_raw(
@@ -296,8 +342,9 @@ def table_lines(driver: str, rows: dict[str, dict[str, float]]) -> list[str]:
     out = [
         f"**{driver}**",
         "",
-        "| variant | instructions | cache lines: code | data | total | over raw |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| variant | instructions | cache lines: code | data | total | over raw"
+        " | total, least-most over the layouts |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for variant, row in rows.items():
         total = row["code"] + row["data"]
@@ -305,9 +352,10 @@ def table_lines(driver: str, rows: dict[str, dict[str, float]]) -> list[str]:
         if raw is not None and variant != "raw held connection":
             more = total - raw["code"] - raw["data"]
             over = f"{more:+,.0f} ({more / (raw['code'] + raw['data']):+.0%})"
+        spread = f"{row['low']:,.0f}-{row['high']:,.0f}" if "low" in row else ""
         out.append(
             f"| {variant} | {row['ir']:,.0f} | {row['code']:,.0f} | {row['data']:,.0f}"
-            f" | {total:,.0f} | {over} |"
+            f" | {total:,.0f} | {over} | {spread} |"
         )
     return [*out, ""]
 

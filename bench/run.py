@@ -1027,10 +1027,14 @@ def cold_section(r: Results) -> list[str]:
         " data, more than what it executes. Counted per request by valgrind's cache simulator"
         f" (`{cold.__name__}.py`: an 8 MiB copy empties a simulated 1 MiB last-level cache before"
         " every request; one hash seed for every process; the counts do not depend on what"
-        " else the machine does, yet from run to run a total moves by a few tens of lines, and"
-        " a tether variant's lines over raw by some 40 either way): instructions, and lines of"
-        " code and data fetched into that cache. *over raw*: the lines a tether variant touches"
-        " beyond the raw held connection's for the same request.",
+        " else the machine does). One thing still moves a count, by up to some 60 lines:"
+        " which of a request's look-ups of names on classes collide in CPython's type"
+        " attribute cache, and so miss it on every request. That changes with any change of"
+        " code or memory layout, in the timed runs from process to process; so each variant"
+        f" runs under {cold.LAYOUTS} layouts of that cache and the table shows the run with"
+        " the median total, and the least and most over the layouts. Shown: instructions,"
+        " and lines of code and data fetched into that cache. *over raw*: the lines a tether"
+        " variant touches beyond the raw held connection's for the same request.",
         "",
     ]
     if not r.cold:

@@ -75,3 +75,19 @@ def test_no_per_function_counts_no_table() -> None:
     got = {**empty, ("tether Pool", cold.LOW): ({}, {}), ("tether Pool", cold.HIGH): ({}, {})}
     assert cold.over_raw(got, "tether Pool") == []
     assert cold.functions_lines("pymysql", cold.Cold({}, {})) == []
+
+
+def test_the_median_layout_is_the_typical_run() -> None:
+    assert cold.median_layout({0: 300.0, 1: 360.0, 2: 290.0}) == 0
+    assert cold.median_layout({0: 360.0, 1: 300.0, 2: 300.0}) == 2  # ties: the later layout
+    assert cold.median_layout({0: 5.0}) == 0
+
+
+def test_the_table_shows_the_spread_over_layouts() -> None:
+    rows = {
+        "raw held connection": {"ir": 10.0, "code": 100.0, "data": 50.0, "low": 148, "high": 152},
+        "tether Pool": {"ir": 12.0, "code": 120.0, "data": 60.0, "low": 175, "high": 230},
+    }
+    lines = cold.table_lines("pymysql", rows)
+    assert "| tether Pool | 12 | 120 | 60 | 180 | +30 (+20%) | 175-230 |" in lines
+    assert "| raw held connection | 10 | 100 | 50 | 150 |  | 148-152 |" in lines
