@@ -1884,11 +1884,13 @@ bind_local_mirror(State *s)
         Py_XDECREF(value);
         return -1;
     }
-    PyObject *tdict = PyThreadState_GetDict(), *key = ((LocalMirror *)probe)->key;
-    PyObject *dummy = NULL;
+    /* The key is read only once the object is known to be as large as LocalMirror. */
+    PyObject *tdict = PyThreadState_GetDict(), *key = NULL, *dummy = NULL;
     if (PyType_Check(local_type) && Py_IS_TYPE(probe, (PyTypeObject *)local_type) &&
-        ((PyTypeObject *)local_type)->tp_basicsize == sizeof(LocalMirror) && tdict != NULL &&
-        key != NULL && PyUnicode_Check(key)) {
+        ((PyTypeObject *)local_type)->tp_basicsize == sizeof(LocalMirror)) {
+        key = ((LocalMirror *)probe)->key;
+    }
+    if (tdict != NULL && key != NULL && PyUnicode_Check(key)) {
         dummy = PyDict_GetItemWithError(tdict, key);
     }
     if (dummy != NULL && Py_TYPE(dummy)->tp_basicsize == sizeof(LocalDummyMirror)) {
