@@ -81,6 +81,13 @@ def _samples() -> Samples:
     return deque(maxlen=SAMPLES)
 
 
+def _parked_count() -> Any:
+    """A count of parked entries (Pool._settle_locked) starting at 0: a C counter when the
+    compiled module is there (its fast paths add to it in place), else an int. Both take
+    ``+=``, ``-=`` and ``bool()``."""
+    return _drivers.speedups.Tally() if _drivers.speedups is not None else 0
+
+
 _fork_lock = threading.Lock()
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -366,9 +373,7 @@ class Pool:
         # the one filed last, as a rule the most recently returned.
         self._idle: dict[_Entry, None] = {}
         self._in_use: dict[_Entry, None] = {}
-        # How many entries are parked: a C counter when compiled (the fast paths add to it
-        # in place), else an int.
-        self._parked: Any = _drivers.speedups.Tally() if _drivers.speedups is not None else 0
+        self._parked = _parked_count()  # how many entries are parked
         self._waiters: deque[_Waiter] = deque()
         self._size = 0  # open + opening connections, never above max_size
         self._opening = 0
@@ -1568,7 +1573,7 @@ class Pool:
         entries = list(self._idle) + list(self._in_use)
         self._idle = {}
         self._in_use = {}
-        self._parked = _drivers.speedups.Tally() if _drivers.speedups is not None else 0
+        self._parked = _parked_count()
         self._waiters = deque()
         self._size = self._opening = 0
         self._pid = os.getpid()
