@@ -88,6 +88,12 @@ def _parked_count() -> Any:
     return _drivers.speedups.Tally() if _drivers.speedups is not None else 0
 
 
+def _thread_cache() -> Any:
+    """Each thread's last connection, for the compiled check-out only (a cache in front of
+    ``Pool._local``, which stays the record): None without the compiled module."""
+    return _drivers.speedups.ThreadCache() if _drivers.speedups is not None else None
+
+
 _fork_lock = threading.Lock()
 _live_pools: weakref.WeakSet[Pool] = weakref.WeakSet()
 
@@ -243,6 +249,7 @@ class Pool:
     __slots__ = (
         "__dict__",
         "__weakref__",
+        "_by_thread",
         "_clean_bits",
         "_closed",
         "_counters",
@@ -380,6 +387,7 @@ class Pool:
         self._closed = False
         self._pid = os.getpid()
         self._local = threading.local()
+        self._by_thread = _thread_cache()
         self._grow_blocked_until = 0.0
         self._backoff = 0.0
         self._last_connect_error: BaseException | None = None
@@ -578,6 +586,8 @@ class Pool:
             thread.join(timeout)
         for entry in idle:
             self._close_raw(entry, "pool closed")
+        if self._by_thread is not None:
+            self._by_thread.clear()  # no check-out takes from a closed pool: let them go
         logger.info("%s: closed", self.name)
 
     @property
@@ -1586,6 +1596,8 @@ class Pool:
             entry.gen += 1  # proxies held across the fork notice and refuse to be used
             if raw is not None:
                 self._driver.abandon(raw)
+        if self._by_thread is not None:
+            self._by_thread.clear()  # the same object: a check-out may be reading it
         if not self._closed:
             self._start_maintenance()
 

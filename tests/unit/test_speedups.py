@@ -433,3 +433,140 @@ def test_the_proxys_attribute_look_up_delegates_as_before(make_pool: Any) -> Non
     with pool.connection() as conn:
         with pytest.raises(AttributeError):
             conn.anything  # noqa: B018
+
+
+def _fast_checkouts(pool: Any) -> int:
+    return int(pool._fast_checkouts)
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_the_thread_cache_finds_each_threads_own_connection_and_only_that(
+    make_pool: Any,
+) -> None:
+    # The compiled check-out looks in Pool._by_thread first (one read, keyed by the thread
+    # state's unique id), then in Pool._local, the record, and caches what it found there.
+    import threading
+
+    pool = make_pool(max_size=4)
+    for _ in range(2):
+        with pool.connection() as conn:
+            mine = conn._entry
+    assert pool._by_thread.get() is mine
+    before = _fast_checkouts(pool)
+    with pool.connection() as conn:
+        assert conn._entry is mine
+    assert _fast_checkouts(pool) == before + 1
+
+    # Another thread finds nothing of this thread's in it, and its own connection is
+    # another one (this thread's is idle, but not that thread's last).
+    other: list[Any] = []
+
+    def look() -> None:
+        other.append(pool._by_thread.get())
+        for _ in range(3):
+            with pool.connection() as c:
+                other.append(c._entry)
+
+    t = threading.Thread(target=look)
+    t.start()
+    t.join(10)
+    assert other[0] is None
+    assert other[1] is other[2] is other[3]
+    assert len(pool._by_thread) == 2
+    with pool.connection() as conn:
+        assert conn._entry is mine
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
+    make_pool: Any,
+) -> None:
+    # At the bound, a thread's cached last connection can be checked out by another thread:
+    # while that one holds it, this thread must wait for it like any other, and once it is
+    # back (now the other thread's), get it through the slow path, then fast again.
+    import threading
+
+    pool = make_pool(max_size=1)
+    for _ in range(2):
+        with pool.connection() as conn:
+            entry = conn._entry
+    assert pool._by_thread.get() is entry
+    taken, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with pool.connection() as c:
+            assert c._entry is entry
+            taken.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert taken.wait(10)
+    with pytest.raises(tether.PoolTimeout):
+        with pool.connection(timeout=0.05):
+            pass
+    release.set()
+    t.join(10)
+    assert entry.owner == t.ident
+    fast = _fast_checkouts(pool)
+    with pool.connection() as conn:
+        assert conn._entry is entry
+    assert _fast_checkouts(pool) == fast  # not this thread's when asked: the slow path
+    assert entry.owner == threading.get_ident()
+    with pool.connection() as conn:
+        assert conn._entry is entry
+    assert _fast_checkouts(pool) == fast + 1
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_more_threads_than_the_thread_cache_holds(make_pool: Any) -> None:
+    # 64 places: with more threads alive at once, some evict others; an evicted thread finds
+    # its connection through Pool._local again and nothing is handed out twice.
+    import threading
+
+    n = 80
+    pool = make_pool(max_size=n)
+    barrier = threading.Barrier(n)
+    got: dict[int, set[int]] = {}
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            seen = set()
+            for _ in range(4):
+                with pool.connection() as conn:
+                    assert conn._entry.state == pool_module.IN_USE
+                    seen.add(id(conn._entry))
+                    barrier.wait(10)  # all hold one at once: n distinct connections
+                barrier.wait(10)
+            got[i] = seen
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors
+    assert all(len(seen) == 1 for seen in got.values()), "a thread lost its own connection"
+    assert len({next(iter(seen)) for seen in got.values()}) == n
+    assert 0 < len(pool._by_thread) <= 64
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_close_and_fork_empty_the_thread_cache(make_pool: Any) -> None:
+    pool = make_pool(max_size=2)
+    for _ in range(2):
+        with pool.connection():
+            pass
+    assert len(pool._by_thread) == 1
+    if hasattr(os, "fork"):
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's connections are forgotten, the cache too
+            os._exit(0 if len(pool._by_thread) == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert len(pool._by_thread) == 1  # the parent's own is untouched
+    pool.close()
+    assert len(pool._by_thread) == 0
