@@ -188,10 +188,20 @@ after_fork_in_child(void)
     current_pid = getpid();
 }
 
+/* Built for size (-Os, setup.py): between two requests the fast paths' code is as cold as
+ * their data, and a request pays for every distinct line it runs. The smallest helpers, a
+ * few instructions each, are forced inline all the same: a call per field read costs more
+ * than their copies. */
+#if defined(__GNUC__)
+#define HOT_INLINE static inline __attribute__((always_inline))
+#else
+#define HOT_INLINE static inline
+#endif
+
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
 
 /* A slot's value (borrowed), or NULL with AttributeError set when it was never assigned. */
-static PyObject *
+HOT_INLINE PyObject *
 get_slot(PyObject *obj, Py_ssize_t off, const char *name)
 {
     PyObject *v = SLOT(obj, off);
@@ -257,7 +267,7 @@ clear_double(PyObject *obj, Py_ssize_t off)
 }
 
 /* time.monotonic(): the same clock. */
-static double
+HOT_INLINE double
 monotonic(void)
 {
     struct timespec ts;
@@ -420,7 +430,7 @@ release_keeping_error(PyObject *lock)
     return -1;
 }
 
-static int
+HOT_INLINE int
 as_double(PyObject *v, double *out)
 {
     if (PyFloat_CheckExact(v)) {
@@ -440,7 +450,7 @@ as_double(PyObject *v, double *out)
  * (PyLong_AsLong and kin, each a separate stretch of code, cold between requests) costs
  * more cache lines than the object's own. 1 with *out set; 0 for anything else, which the
  * caller reads through the API. */
-static inline int
+HOT_INLINE int
 small_int(PyObject *v, long long *out)
 {
 #if PY_VERSION_HEX < 0x030C0000 && PYLONG_BITS_IN_DIGIT == 30
@@ -469,7 +479,7 @@ small_int(PyObject *v, long long *out)
 }
 
 /* An int's value as a long long: inline when small_int() can, else PyLong_AsLongLong. */
-static inline int
+HOT_INLINE int
 as_ll(PyObject *v, long long *out)
 {
     if (small_int(v, out)) {
@@ -534,7 +544,7 @@ truthy(PyObject *obj, Py_ssize_t off, const char *name)
 }
 #define TRUTHY(obj, field) truthy((obj), S.field, #field + 2)
 
-static int
+HOT_INLINE int
 same_int(PyObject *a, PyObject *b)
 {
     if (a == b) {
