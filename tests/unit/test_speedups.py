@@ -435,11 +435,26 @@ def test_the_proxys_attribute_look_up_delegates_as_before(make_pool: Any) -> Non
             conn.anything  # noqa: B018
 
 
+compiled_only = pytest.mark.skipif(
+    PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported"
+)
+
+
 def _fast_checkouts(pool: Any) -> int:
     return int(pool._fast_checkouts)
 
 
-@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def _cached(pool: Any) -> Any:
+    """Two check-outs and give-backs on this thread: the first files the connection in
+    Pool._local, the second finds it there and caches it in Pool._by_thread."""
+    for _ in range(2):
+        with pool.connection() as conn:
+            entry = conn._entry
+    assert pool._by_thread.get() is entry
+    return entry
+
+
+@compiled_only
 def test_the_thread_cache_finds_each_threads_own_connection_and_only_that(
     make_pool: Any,
 ) -> None:
@@ -448,10 +463,7 @@ def test_the_thread_cache_finds_each_threads_own_connection_and_only_that(
     import threading
 
     pool = make_pool(max_size=4)
-    for _ in range(2):
-        with pool.connection() as conn:
-            mine = conn._entry
-    assert pool._by_thread.get() is mine
+    mine = _cached(pool)
     before = _fast_checkouts(pool)
     with pool.connection() as conn:
         assert conn._entry is mine
@@ -477,7 +489,7 @@ def test_the_thread_cache_finds_each_threads_own_connection_and_only_that(
         assert conn._entry is mine
 
 
-@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+@compiled_only
 def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
     make_pool: Any,
 ) -> None:
@@ -487,10 +499,7 @@ def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
     import threading
 
     pool = make_pool(max_size=1)
-    for _ in range(2):
-        with pool.connection() as conn:
-            entry = conn._entry
-    assert pool._by_thread.get() is entry
+    entry = _cached(pool)
     taken, release = threading.Event(), threading.Event()
 
     def hold() -> None:
@@ -518,7 +527,7 @@ def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
     assert _fast_checkouts(pool) == fast + 1
 
 
-@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+@compiled_only
 def test_more_threads_than_the_thread_cache_holds(make_pool: Any) -> None:
     # 64 places: with more threads alive at once, some evict others; an evicted thread finds
     # its connection through Pool._local again and nothing is handed out twice.
@@ -554,12 +563,10 @@ def test_more_threads_than_the_thread_cache_holds(make_pool: Any) -> None:
     assert 0 < len(pool._by_thread) <= 64
 
 
-@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+@compiled_only
 def test_close_and_fork_empty_the_thread_cache(make_pool: Any) -> None:
     pool = make_pool(max_size=2)
-    for _ in range(2):
-        with pool.connection():
-            pass
+    _cached(pool)
     assert len(pool._by_thread) == 1
     if hasattr(os, "fork"):
         pid = os.fork()
