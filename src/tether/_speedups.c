@@ -663,6 +663,13 @@ thread_slot(ThreadCache *c, PyThreadState *tstate)
     return &c->slots[thread_key(tstate) & (THREAD_SLOTS - 1)];
 }
 
+/* The thread's connection in its place (borrowed), or NULL: another thread's, or none. */
+static inline PyObject *
+thread_slot_entry(ThreadSlot *slot, PyThreadState *tstate)
+{
+    return slot->id == thread_key(tstate) ? slot->entry : NULL;
+}
+
 /* ------------------------------------------------------------------ check-out */
 
 /* Whether an idle connection's socket is readable or in error: the server closed it, or sent
@@ -702,10 +709,7 @@ socket_readable(PyObject *entry)
 /* Takes `last` for this thread when it may be taken without the slow path: an entry, idle,
  * still owned by this thread, the pool open and not holding leaked connections, this process
  * the pool's. Marks it in use (parked) and counts the check-out; 1 taken, 0 not, -1 error. */
-#if defined(__GNUC__)
-__attribute__((always_inline)) /* the cached case's copy runs straight through */
-#endif
-static inline int
+HOT_INLINE int /* two call sites: the cached case's copy runs straight through */
 take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
 {
     if (last == Py_None || !PyObject_TypeCheck(last, S.entry_type) ||
@@ -793,9 +797,7 @@ own_idle(PyObject *self, PyObject *timeout)
     PyObject *last = NULL, *cache = SLOT(self, S.p_by_thread);
     if (cache != NULL && Py_IS_TYPE(cache, &ThreadCacheType)) {
         slot = thread_slot((ThreadCache *)cache, tstate);
-        if (slot->id == thread_key(tstate) && slot->entry != NULL) {
-            last = Py_NewRef(slot->entry);
-        }
+        last = Py_XNewRef(thread_slot_entry(slot, tstate));
     }
     int take = last != NULL ? take_own(self, last, timeout, ident) : 0;
     if (take < 0) {
@@ -1896,10 +1898,9 @@ thread_cache_len(ThreadCache *c)
 static PyObject *
 thread_cache_get(ThreadCache *c, PyObject *unused)
 {
-    ThreadSlot *slot = thread_slot(c, PyThreadState_GET());
-    return Py_NewRef(slot->id == thread_key(PyThreadState_GET()) && slot->entry != NULL
-                         ? slot->entry
-                         : Py_None);
+    PyThreadState *tstate = PyThreadState_GET();
+    PyObject *entry = thread_slot_entry(thread_slot(c, tstate), tstate);
+    return Py_NewRef(entry != NULL ? entry : Py_None);
 }
 
 static PyMethodDef thread_cache_methods[] = {
