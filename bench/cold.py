@@ -9,7 +9,7 @@ so what a request costs there follows how many distinct code and data cache line
 not how many instructions it runs. This counts both, per request, after an 8 MiB copy has
 pushed everything out of a simulated 1 MiB last-level cache (a core's L2 here):
 
-    python bench/cold.py --driver mysqlclient   # needs valgrind (Debian's valgrind); ~2 min
+    python bench/cold.py --driver mysqlclient   # needs valgrind (Debian's valgrind); ~5 min
 
 `bench/run.py` runs it for both drivers in a full run and puts the tables in RESULTS.md.
 

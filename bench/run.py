@@ -285,7 +285,7 @@ def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]
 
 def run_cold(server: Any, plan: Plan) -> tuple[dict[str, cold.Cold], str | None]:
     """The cold-cache counts (``cold.py``) per driver, or why there are none: a full run
-    only (they take some two minutes per driver under valgrind)."""
+    only (they take some five minutes per driver under valgrind, three layouts each)."""
     if plan.quick:
         return {}, "Not run in a quick run."
     why = cold.available()
