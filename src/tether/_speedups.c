@@ -39,6 +39,18 @@
 
 #define STATUS_SESSION_STATE_CHANGED 0x4000
 
+#if defined(__GNUC__)
+#define UNLIKELY(x) __builtin_expect(!!(x), 0)
+#define LIKELY(x) __builtin_expect(!!(x), 1)
+#define COLD __attribute__((cold, noinline))
+#define HOT_PATH __attribute__((section(".text.tether_hot")))
+#else
+#define HOT_PATH
+#define UNLIKELY(x) (x)
+#define LIKELY(x) (x)
+#define COLD
+#endif
+
 #ifndef TETHER_SOURCE_SHA256
 #define TETHER_SOURCE_SHA256 "" /* built without setup.py */
 #endif
@@ -139,7 +151,7 @@ typedef struct {
 
 static PyTypeObject SamplesType;
 
-static void
+HOT_PATH static void
 samples_add(Samples *s, double v)
 {
     s->values[s->next] = v;
@@ -198,23 +210,31 @@ after_fork_in_child(void)
 #define HOT_INLINE static inline
 #endif
 
+
 #define SLOT(obj, off) (*(PyObject **)((char *)(obj) + (off)))
+
+/* get_slot()'s error, out of line: never taken on the fast paths. */
+COLD static void
+slot_missing(PyObject *obj, const char *name)
+{
+    PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
+                 Py_TYPE(obj)->tp_name, name);
+}
 
 /* A slot's value (borrowed), or NULL with AttributeError set when it was never assigned. */
 HOT_INLINE PyObject *
 get_slot(PyObject *obj, Py_ssize_t off, const char *name)
 {
     PyObject *v = SLOT(obj, off);
-    if (v == NULL) {
-        PyErr_Format(PyExc_AttributeError, "'%s' object has no attribute '%s'",
-                     Py_TYPE(obj)->tp_name, name);
+    if (UNLIKELY(v == NULL)) {
+        slot_missing(obj, name);
     }
     return v;
 }
 #define GET(obj, field) get_slot((obj), S.field, #field + 2)
 
 /* Stores a new reference to v in a slot. */
-static void
+HOT_PATH static void
 set_slot(PyObject *obj, Py_ssize_t off, PyObject *v)
 {
     PyObject *old = SLOT(obj, off);
@@ -224,7 +244,7 @@ set_slot(PyObject *obj, Py_ssize_t off, PyObject *v)
 }
 
 /* Stores v (a new reference, consumed) in a slot; -1 if v is NULL (an error is set). */
-static int
+HOT_PATH static int
 set_slot_new(PyObject *obj, Py_ssize_t off, PyObject *v)
 {
     if (v == NULL) {
@@ -239,7 +259,7 @@ set_slot_new(PyObject *obj, Py_ssize_t off, PyObject *v)
 /* Stores a float in a slot. The float already there is overwritten in place when nothing but
  * the slot holds it (a reference count of 1: no other code can see the change), which spares
  * an allocation and a deallocation per timestamp; otherwise a new one. -1 on error. */
-static int
+HOT_PATH static int
 set_double(PyObject *obj, Py_ssize_t off, double v)
 {
 #ifndef Py_GIL_DISABLED
@@ -253,7 +273,7 @@ set_double(PyObject *obj, Py_ssize_t off, double v)
 }
 
 /* Stores 0.0 in a slot: in place as set_double() does, else the shared 0.0 (never fails). */
-static void
+HOT_PATH static void
 clear_double(PyObject *obj, Py_ssize_t off)
 {
 #ifndef Py_GIL_DISABLED
@@ -275,7 +295,7 @@ monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int
+HOT_PATH static int
 call_lock(PyObject *method, PyObject *lock)
 {
     PyObject *r;
@@ -378,7 +398,7 @@ local_last(PyObject *local)
  * this thread lets go of the GIL at the end of ours: the GIL alone keeps the section atomic
  * and the lock's acquire/release round (which parses arguments each time) is skipped. Sets
  * *taken when the lock had to be acquired; -1 on error. */
-static int
+HOT_PATH static int
 enter_section(PyObject *lock, int *taken)
 {
     *taken = 0;
@@ -490,7 +510,7 @@ as_ll(PyObject *v, long long *out)
 }
 
 /* entry.owner == threading.get_ident() without making an int: -1 if an error is set. */
-static int
+HOT_PATH static int
 owner_is(PyObject *owner, unsigned long ident)
 {
     if (!PyLong_Check(owner)) {
@@ -520,7 +540,7 @@ owner_is(PyObject *owner, unsigned long ident)
     return v == ident;
 }
 
-static int
+HOT_PATH static int
 truthy(PyObject *obj, Py_ssize_t off, const char *name)
 {
     PyObject *v = get_slot(obj, off, name);
@@ -578,7 +598,7 @@ count(PyObject *pool, PyObject *name)
 }
 
 /* A check-out counted: in the pool's Tally when it has one, else in its counters dict. */
-static int
+HOT_PATH static int
 count_checkout(PyObject *pool)
 {
     PyObject *tally = SLOT(pool, S.p_fast_checkouts);
@@ -593,7 +613,7 @@ count_checkout(PyObject *pool)
  * dict it is filed in: parked if it was filed by its state, filed if it was parked
  * (Pool._toggle_parked_locked). Runs no Python code. 0, or -1 when the pool's counter is not
  * a Tally: then the caller takes the Python path, which files entries itself. */
-static int
+HOT_PATH static int
 toggle_parked(PyObject *pool, PyObject *entry, PyObject *state)
 {
     PyObject *tally = SLOT(pool, S.p_parked);
@@ -609,7 +629,7 @@ toggle_parked(PyObject *pool, PyObject *entry, PyObject *state)
 
 /* The server status bits of the entry's last reply: its StatusReader read directly (no call
  * through the object protocol, no int object), or any other reader called. */
-static int
+HOT_PATH static int
 status_bits(PyObject *status, long long *out)
 {
     if (Py_IS_TYPE(status, &StatusReaderType)) {
@@ -629,7 +649,7 @@ status_bits(PyObject *status, long long *out)
 
 /* entry.last_status = bits, keeping the int already there when it has that value (the
  * common case: the same bits reply after reply). */
-static int
+HOT_PATH static int
 store_status(PyObject *entry, long long bits)
 {
     PyObject *old = SLOT(entry, S.e_last_status);
@@ -640,7 +660,7 @@ store_status(PyObject *entry, long long bits)
     return set_slot_new(entry, S.e_last_status, PyLong_FromLongLong(bits));
 }
 
-static int
+HOT_PATH static int
 check_bound(void)
 {
     if (!bound) {
@@ -783,12 +803,63 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
     return released < 0 ? -1 : take;
 }
 
+/* own_idle()'s look-up when the thread's place in Pool._by_thread does not give a
+ * connection to take: the record, Pool._local, as pool.py reads it; what it gives is put in
+ * the thread's place. `cached` (consumed): what the place held, or NULL. A new reference to
+ * the entry taken, Py_None (take the slow path) or NULL (an error). Out of line: a thread
+ * comes here once, then finds its connection in its place. */
+COLD static PyObject *
+own_idle_recorded(PyObject *self, PyObject *timeout, PyObject *cached, ThreadSlot *slot,
+                  PyThreadState *tstate, unsigned long ident)
+{
+    PyObject *local = GET(self, p_local);
+    PyObject *last = local ? local_last(local) : NULL;
+    if (last == NULL) {
+        Py_XDECREF(cached);
+        if (local == NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        Py_RETURN_NONE;
+    }
+    int take = last != cached ? take_own(self, last, timeout, ident) : 0;
+    Py_XDECREF(cached);
+    if (take <= 0) {
+        Py_DECREF(last);
+        if (take < 0) {
+            return NULL;
+        }
+        Py_RETURN_NONE;
+    }
+    if (slot != NULL) {
+        PyObject *old = slot->entry;
+        slot->id = thread_key(tstate);
+        slot->entry = Py_NewRef(last);
+        Py_XDECREF(old); /* last: the old entry's deallocation may run code */
+    }
+    return last;
+}
+
+/* Pool._usable(last) for a connection the quick checks did not pass (expired, idle past the
+ * ping window, a readable socket): it pings or replaces it. 1 usable, 0 not, -1 an error. */
+COLD static int
+usable_after_all(PyObject *self, PyObject *last)
+{
+    PyObject *ok = PyObject_CallMethodOneArg(self, S.s_usable, last);
+    if (ok == NULL) {
+        return -1;
+    }
+    int usable = PyObject_IsTrue(ok);
+    Py_DECREF(ok);
+    return usable;
+}
+
 /* The fast path of Pool.connection(): this thread's last connection if it is idle, still
  * owned by this thread, fresh and its socket quiet. Returns a new reference to the entry,
  * Py_None (take the slow path) or NULL (an error). Mirrors pool.py line by line, except
  * where it finds the thread's last connection: in Pool._by_thread first (ThreadCache), then
- * in Pool._local as pool.py does. */
-static PyObject *
+ * in Pool._local as pool.py does (own_idle_recorded). */
+HOT_PATH static PyObject *
 own_idle(PyObject *self, PyObject *timeout)
 {
     PyThreadState *tstate = PyThreadState_GET();
@@ -800,95 +871,61 @@ own_idle(PyObject *self, PyObject *timeout)
         last = Py_XNewRef(thread_slot_entry(slot, tstate));
     }
     int take = last != NULL ? take_own(self, last, timeout, ident) : 0;
-    if (take < 0) {
+    if (UNLIKELY(take < 0)) {
         Py_DECREF(last);
         return NULL;
     }
-    if (!take) {
-        /* Not cached (or no longer this thread's to take): the record, Pool._local. */
-        PyObject *cached = last;
-        PyObject *local = GET(self, p_local);
-        last = local ? local_last(local) : NULL;
-        if (last == NULL) {
-            Py_XDECREF(cached);
-            if (local == NULL || !PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                return NULL;
-            }
-            PyErr_Clear();
-            Py_RETURN_NONE;
-        }
-        take = last != cached ? take_own(self, last, timeout, ident) : 0;
-        Py_XDECREF(cached);
-        if (take <= 0) {
-            Py_DECREF(last);
-            if (take < 0) {
-                return NULL;
-            }
-            Py_RETURN_NONE;
-        }
-        if (slot != NULL) {
-            PyObject *old = slot->entry;
-            slot->id = thread_key(tstate);
-            slot->entry = Py_NewRef(last);
-            Py_XDECREF(old); /* last: the old entry's deallocation may run code */
+    if (UNLIKELY(!take)) {
+        last = own_idle_recorded(self, timeout, last, slot, tstate, ident);
+        if (last == NULL || last == Py_None) {
+            return last;
         }
     }
-    PyObject *result = Py_None;
-    Py_INCREF(result);
 
     double now = monotonic();
-    if (set_double(last, S.e_checked_out_at, now) < 0) {
+    if (UNLIKELY(set_double(last, S.e_checked_out_at, now) < 0)) {
         goto error;
     }
     double last_active, expires, fresh_for;
     PyObject *v;
-    if ((v = GET(last, e_last_active)) == NULL || as_double(v, &last_active) < 0 ||
-        (v = GET(last, e_expires)) == NULL || as_double(v, &expires) < 0 ||
-        (v = GET(self, p_fresh_for)) == NULL || as_double(v, &fresh_for) < 0) {
+    if (UNLIKELY((v = GET(last, e_last_active)) == NULL || as_double(v, &last_active) < 0 ||
+                 (v = GET(last, e_expires)) == NULL || as_double(v, &expires) < 0 ||
+                 (v = GET(self, p_fresh_for)) == NULL || as_double(v, &fresh_for) < 0)) {
         goto error;
     }
     double idle_for = now - last_active;
     int fine = now < expires && idle_for < fresh_for;
-    if (fine) {
+    if (LIKELY(fine)) {
         /* Read again: the lock call above may have let another thread run. */
         PyObject *entry_pid = GET(last, e_pid), *pool_pid_now = entry_pid ? GET(self, p_pid) : NULL;
         fine = pool_pid_now ? same_int(entry_pid, pool_pid_now) : -1;
-        if (fine < 0) {
+        if (UNLIKELY(fine < 0)) {
             goto error;
         }
     }
     if (fine && idle_for >= S.trusted) {
         int readable = socket_readable(last);
-        if (readable < 0) {
+        if (UNLIKELY(readable < 0)) {
             goto error;
         }
         fine = !readable;
     }
-    if (!fine) {
+    if (UNLIKELY(!fine)) {
         /* Expired, idle past the ping window or with a readable socket: the full check
          * pings or replaces it; the slow path finds or opens another. */
-        PyObject *ok = PyObject_CallMethodOneArg(self, S.s_usable, last);
-        if (ok == NULL) {
-            goto error;
-        }
-        int usable = PyObject_IsTrue(ok);
-        Py_DECREF(ok);
+        int usable = usable_after_all(self, last);
         if (usable < 0) {
             goto error;
         }
         if (!usable) {
-            goto done;
+            Py_DECREF(last);
+            Py_RETURN_NONE;
         }
     }
-    Py_SETREF(result, last);
-    return result;
+    return last;
 
-done:
-    Py_DECREF(last);
-    return result;
 error:
     Py_DECREF(last);
-    Py_DECREF(result);
     return NULL;
 }
 
@@ -896,7 +933,7 @@ error:
  * it: no reference but the entry's, no weak reference, never finalized. Handing it out again
  * is then the same as handing out a new one, less an allocation, a finalizer call and a
  * deallocation per request. A new reference (the entry's), or NULL (allocate one). */
-static PyObject *
+HOT_PATH static PyObject *
 take_spare(PyObject *entry)
 {
 #ifdef Py_GIL_DISABLED
@@ -916,28 +953,18 @@ take_spare(PyObject *entry)
 #endif
 }
 
-/* Pool.connection(self, timeout=None) */
-static PyObject *
-pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+/* connection()'s arguments when it was given any: the timeout (borrowed), or NULL with
+ * TypeError set. */
+COLD static PyObject *
+connection_timeout_arg(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (check_bound() < 0) {
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(self, S.pool_type)) {
-        PyErr_SetString(PyExc_TypeError, "connection() needs a tether.Pool");
-        return NULL;
-    }
-    PyObject *timeout = Py_None;
     Py_ssize_t nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
     if (nargs + nkw > 1) {
         PyErr_Format(PyExc_TypeError, "connection() takes at most 1 argument (%zd given)",
                      nargs + nkw);
         return NULL;
     }
-    if (nargs == 1) {
-        timeout = args[0];
-    }
-    else if (nkw == 1) {
+    if (nkw == 1) {
         PyObject *name = PyTuple_GET_ITEM(kwnames, 0);
         int is_timeout = PyUnicode_Check(name) ? PyUnicode_Compare(name, S.s_timeout) == 0 : 0;
         if (!is_timeout) {
@@ -945,99 +972,137 @@ pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
                          "connection() got an unexpected keyword argument '%S'", name);
             return NULL;
         }
-        timeout = args[0];
     }
+    return args[0];
+}
 
-    PyObject *entry = own_idle(self, timeout);
-    if (entry == NULL) {
+/* Pool._checkout(timeout or pool.timeout): the slow path's entry (a new reference), or NULL. */
+COLD static PyObject *
+checkout_slow(PyObject *self, PyObject *timeout)
+{
+    PyObject *wait = timeout;
+    if (wait == Py_None && (wait = GET(self, p_timeout)) == NULL) {
         return NULL;
     }
-    if (entry == Py_None) {
-        Py_DECREF(entry);
-        PyObject *wait = timeout;
-        if (wait == Py_None && (wait = GET(self, p_timeout)) == NULL) {
-            return NULL;
-        }
-        entry = PyObject_CallMethodOneArg(self, S.s_checkout, wait);
-        if (entry == NULL) {
-            return NULL;
-        }
-        if (!PyObject_TypeCheck(entry, S.entry_type)) {
-            PyErr_SetString(PyExc_TypeError, "_checkout() did not return an entry");
-            Py_DECREF(entry);
-            return NULL;
-        }
+    PyObject *entry = PyObject_CallMethodOneArg(self, S.s_checkout, wait);
+    if (entry != NULL && !PyObject_TypeCheck(entry, S.entry_type)) {
+        PyErr_SetString(PyExc_TypeError, "_checkout() did not return an entry");
+        Py_CLEAR(entry);
     }
+    return entry;
+}
 
-    /* Where it was acquired: the caller's code and instruction offset (this function has
-     * no frame of its own, so the current frame is the caller's). */
-    PyObject *leak_timeout = GET(self, p_leak_timeout);
-    if (leak_timeout == NULL) {
-        goto error;
-    }
+/* entry.acquired = (code, offset), and with a leak threshold the acquiring stack recorded
+ * (Pool._record_stack), when the fast case in note_acquired() does not apply: the first
+ * check-out from this place, or leak tracking on. 0, or -1 on error. */
+COLD static int
+note_acquired_slow(PyObject *self, PyObject *entry, PyObject *leak_timeout, PyObject *code,
+                   int lasti)
+{
     PyFrameObject *frame = NULL;
-    PyObject *code = NULL;
+    if (leak_timeout != Py_None || code == NULL) { /* a frame object, or no peeking here */
+        frame = PyEval_GetFrame();
+        code = frame != NULL ? (PyObject *)PyFrame_GetCode(frame) : NULL; /* a new reference */
+        lasti = frame != NULL ? PyFrame_GetLasti(frame) : -1;
+    }
+    else {
+        Py_XINCREF(code);
+    }
+    int r = 0;
+    if (code == NULL) {
+        set_slot(entry, S.e_acquired, Py_None);
+    }
+    else {
+        PyObject *offset = PyLong_FromLong(lasti);
+        PyObject *acquired = offset ? PyTuple_Pack(2, code, offset) : NULL;
+        Py_XDECREF(offset);
+        Py_DECREF(code);
+        r = set_slot_new(entry, S.e_acquired, acquired);
+    }
+    if (r == 0 && leak_timeout != Py_None) {
+        PyObject *rec = PyObject_CallMethodObjArgs(self, S.s_record_stack, entry,
+                                                   frame ? (PyObject *)frame : Py_None, NULL);
+        if (rec == NULL) {
+            return -1;
+        }
+        Py_DECREF(rec);
+    }
+    return r;
+}
+
+/* Where the entry was acquired: the caller's code and instruction offset (connection() has
+ * no frame of its own, so the current frame is the caller's). A loop checks out at the same
+ * place every time: then the tuple already there stays. 0, or -1 on error. */
+static inline int
+note_acquired(PyObject *self, PyObject *entry)
+{
+    PyObject *leak_timeout = GET(self, p_leak_timeout);
+    if (UNLIKELY(leak_timeout == NULL)) {
+        return -1;
+    }
+    PyObject *code = NULL; /* borrowed: the caller's frame holds it */
     int lasti = -1;
 #ifdef TETHER_PEEK_FRAME
-    if (leak_timeout == Py_None) {
+    if (LIKELY(leak_timeout == Py_None)) {
         /* As PyEval_GetFrame() finds it, without making a frame object of it. */
         _PyInterpreterFrame *f = PyThreadState_GET()->cframe->current_frame;
         while (f != NULL && _PyFrame_IsIncomplete(f)) {
             f = f->previous;
         }
-        if (f != NULL) {
-            code = Py_NewRef((PyObject *)f->f_code);
+        if (LIKELY(f != NULL)) {
+            code = (PyObject *)f->f_code;
             lasti = _PyInterpreterFrame_LASTI(f);
             lasti = lasti < 0 ? -1 : lasti * (int)sizeof(_Py_CODEUNIT);
-        }
-    }
-    else
-#endif
-    {
-        frame = PyEval_GetFrame();
-        if (frame != NULL) {
-            code = (PyObject *)PyFrame_GetCode(frame);
-            lasti = PyFrame_GetLasti(frame);
-        }
-    }
-    if (code == NULL) {
-        set_slot(entry, S.e_acquired, Py_None);
-    }
-    else {
-        /* A loop checks out at the same place every time: keep the tuple already there. */
-        PyObject *old = SLOT(entry, S.e_acquired);
-        int same = 0;
-        if (old != NULL && PyTuple_CheckExact(old) && PyTuple_GET_SIZE(old) == 2 &&
-            PyTuple_GET_ITEM(old, 0) == code && PyLong_CheckExact(PyTuple_GET_ITEM(old, 1))) {
+            PyObject *old = SLOT(entry, S.e_acquired);
             long long was;
-            same = small_int(PyTuple_GET_ITEM(old, 1), &was) && was == lasti;
-        }
-        if (!same) {
-            PyObject *offset = PyLong_FromLong(lasti);
-            PyObject *acquired = offset ? PyTuple_Pack(2, code, offset) : NULL;
-            Py_XDECREF(offset);
-            if (set_slot_new(entry, S.e_acquired, acquired) < 0) {
-                Py_DECREF(code);
-                goto error;
+            if (LIKELY(old != NULL && PyTuple_CheckExact(old) && PyTuple_GET_SIZE(old) == 2 &&
+                       PyTuple_GET_ITEM(old, 0) == code &&
+                       small_int(PyTuple_GET_ITEM(old, 1), &was) && was == lasti)) {
+                return 0;
             }
         }
-        Py_DECREF(code);
     }
-    if (leak_timeout != Py_None) {
-        PyObject *r = PyObject_CallMethodObjArgs(self, S.s_record_stack, entry,
-                                                 frame ? (PyObject *)frame : Py_None, NULL);
-        if (r == NULL) {
-            goto error;
+#endif
+    return note_acquired_slow(self, entry, leak_timeout, code, lasti);
+}
+
+/* Pool.connection(self, timeout=None) */
+HOT_PATH static PyObject *
+pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    if (UNLIKELY(check_bound() < 0)) {
+        return NULL;
+    }
+    if (UNLIKELY(!PyObject_TypeCheck(self, S.pool_type))) {
+        PyErr_SetString(PyExc_TypeError, "connection() needs a tether.Pool");
+        return NULL;
+    }
+    PyObject *timeout = Py_None;
+    if (UNLIKELY(nargs != 0 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))) {
+        if ((timeout = connection_timeout_arg(args, nargs, kwnames)) == NULL) {
+            return NULL;
         }
-        Py_DECREF(r);
     }
 
+    PyObject *entry = own_idle(self, timeout);
+    if (UNLIKELY(entry == NULL)) {
+        return NULL;
+    }
+    if (UNLIKELY(entry == Py_None)) {
+        Py_DECREF(entry);
+        if ((entry = checkout_slow(self, timeout)) == NULL) {
+            return NULL;
+        }
+    }
+    if (UNLIKELY(note_acquired(self, entry) < 0)) {
+        goto error;
+    }
     PyObject *proxy = take_spare(entry);
-    if (proxy == NULL && (proxy = S.proxy_type->tp_alloc(S.proxy_type, 0)) == NULL) {
+    if (UNLIKELY(proxy == NULL) && (proxy = S.proxy_type->tp_alloc(S.proxy_type, 0)) == NULL) {
         goto error;
     }
     PyObject *raw = GET(entry, e_raw), *gen = raw ? GET(entry, e_gen) : NULL;
-    if (gen == NULL) {
+    if (UNLIKELY(gen == NULL)) {
         Py_DECREF(proxy);
         goto error;
     }
@@ -1055,128 +1120,152 @@ error:
 
 /* ------------------------------------------------------------------ give-back */
 
-/* Pool._release(proxy, entry) for an entry already detached from its proxy. */
-static PyObject *
-release(PyObject *pool, PyObject *entry)
+/* holds.append(v) for a hold-time record that is not a Samples (Python code replaced it). */
+COLD static int
+hold_append(PyObject *holds, double v)
 {
-    double now = monotonic(), checked_out_at;
-    PyObject *v = GET(entry, e_checked_out_at);
-    if (v == NULL || as_double(v, &checked_out_at) < 0) {
-        return NULL;
+    PyObject *r = PyObject_CallMethod(holds, "append", "d", v);
+    if (r == NULL) {
+        return -1;
     }
-    PyObject *holds = GET(pool, p_hold_times);
-    if (holds == NULL) {
-        return NULL;
-    }
-    PyObject *r;
-    if (Py_IS_TYPE(holds, &SamplesType)) {
-        samples_add((Samples *)holds, now - checked_out_at);
-    }
-    else {
-        r = PyObject_CallMethod(holds, "append", "d", now - checked_out_at);
-        if (r == NULL) {
-            return NULL;
-        }
-        Py_DECREF(r);
-    }
-    PyObject *status = GET(entry, e_status);
-    if (status == NULL) {
-        return NULL;
-    }
-    if (status != Py_None && SLOT(entry, S.e_state) == S.in_use) {
-        int dirty = TRUTHY(entry, e_leak_reported);
-        if (dirty == 0) {
-            dirty = TRUTHY(entry, e_session_dirty);
-        }
-        if (dirty == 0) {
-            dirty = TRUTHY(entry, e_tainted);
-        }
-        if (dirty == 0) {
-            dirty = TRUTHY(entry, e_broken);
-        }
-        if (dirty == 0) {
-            dirty = TRUTHY(entry, e_unbuffered);
-        }
-        if (dirty == 0) {
-            PyObject *a = GET(entry, e_pid), *b = a ? GET(pool, p_pid) : NULL;
-            int same = b ? same_int(a, b) : -1;
-            dirty = same < 0 ? -1 : !same;
-        }
-        if (dirty < 0) {
-            goto error;
-        }
-        if (!dirty) {
-            /* The common case, with no round trip: the status bits of the server's last
-             * reply, read now, say the session is clean. (Read the slot again: checking
-             * the flags may have run Python code.) */
-            status = GET(entry, e_status);
-            long long b, mask, clean;
-            if (status == NULL || status_bits(status, &b) < 0 ||
-                (v = GET(pool, p_release_mask)) == NULL ||
-                as_ll(v, &mask) < 0 || (v = GET(pool, p_clean_bits)) == NULL ||
-                as_ll(v, &clean) < 0) {
-                goto error;
-            }
-            if ((b & mask) == clean) {
-                if (store_status(entry, b) < 0 || set_double(entry, S.e_returned_at, now) < 0 ||
-                    set_double(entry, S.e_last_active, now) < 0) {
-                    goto error;
-                }
-                PyObject *lock = GET(pool, p_lock);
-                if (lock == NULL) {
-                    goto error;
-                }
-                Py_INCREF(lock);
-                int locked;
-                if (enter_section(lock, &locked) < 0) {
-                    Py_DECREF(lock);
-                    goto error;
-                }
-                int waiters = TRUTHY(pool, p_waiters), closed = -1;
-                double expires = 0.0;
-                if (waiters == 0) {
-                    closed = TRUTHY(pool, p_closed);
-                }
-                if (closed == 0 && ((v = GET(entry, e_expires)) == NULL ||
-                                    as_double(v, &expires) < 0)) {
-                    closed = -1;
-                }
-                if (waiters < 0 || (waiters == 0 && closed < 0)) {
-                    if (locked) {
-                        release_keeping_error(lock);
-                    }
-                    Py_DECREF(lock);
-                    goto error;
-                }
-                if (!waiters && !closed && now < expires &&
-                    toggle_parked(pool, entry, S.idle) == 0) {
-                    /* _checkin's common case, the entry left where it is filed. */
-                    int released = locked ? call_lock(S.lock_release, lock) : 0;
-                    Py_DECREF(lock);
-                    if (released < 0) {
-                        goto error;
-                    }
-                    Py_RETURN_NONE;
-                }
-                int released = locked ? call_lock(S.lock_release, lock) : 0;
-                Py_DECREF(lock);
-                if (released < 0) {
-                    goto error;
-                }
-                return PyObject_CallMethodOneArg(pool, S.s_checkin, entry);
-            }
-        }
-    }
+    Py_DECREF(r);
+    return 0;
+}
+
+/* Pool._release_slow(entry, now): a give-back that needs more than the status bits. */
+COLD static PyObject *
+release_slow(PyObject *pool, PyObject *entry, double now)
+{
     PyObject *nowobj = PyFloat_FromDouble(now);
     if (nowobj == NULL) {
         return NULL;
     }
-    r = PyObject_CallMethodObjArgs(pool, S.s_release_slow, entry, nowobj, NULL);
+    PyObject *r = PyObject_CallMethodObjArgs(pool, S.s_release_slow, entry, nowobj, NULL);
     Py_DECREF(nowobj);
     return r;
+}
 
-error:
-    return NULL;
+/* Pool._checkin(entry): a clean give-back that someone waits for, or of an expired
+ * connection, or to a closed pool. */
+COLD static PyObject *
+checkin_slow(PyObject *pool, PyObject *entry)
+{
+    return PyObject_CallMethodOneArg(pool, S.s_checkin, entry);
+}
+
+/* Whether a checked-out entry needs the slow give-back whatever its status bits say: a
+ * reported leak, a changed session, tainted, broken, a streaming cursor open, another
+ * process's. 1 yes, 0 no, -1 an error. */
+HOT_PATH static int
+entry_dirty(PyObject *pool, PyObject *entry)
+{
+    int dirty = TRUTHY(entry, e_leak_reported);
+    if (dirty == 0) {
+        dirty = TRUTHY(entry, e_session_dirty);
+    }
+    if (dirty == 0) {
+        dirty = TRUTHY(entry, e_tainted);
+    }
+    if (dirty == 0) {
+        dirty = TRUTHY(entry, e_broken);
+    }
+    if (dirty == 0) {
+        dirty = TRUTHY(entry, e_unbuffered);
+    }
+    if (dirty == 0) {
+        PyObject *a = GET(entry, e_pid), *b = a ? GET(pool, p_pid) : NULL;
+        int same = b ? same_int(a, b) : -1;
+        dirty = same < 0 ? -1 : !same;
+    }
+    return dirty;
+}
+
+/* Pool._release(proxy, entry) for an entry already detached from its proxy. */
+HOT_PATH static PyObject *
+release(PyObject *pool, PyObject *entry)
+{
+    double now = monotonic(), checked_out_at;
+    PyObject *v = GET(entry, e_checked_out_at);
+    if (UNLIKELY(v == NULL || as_double(v, &checked_out_at) < 0)) {
+        return NULL;
+    }
+    PyObject *holds = GET(pool, p_hold_times);
+    if (UNLIKELY(holds == NULL)) {
+        return NULL;
+    }
+    if (LIKELY(Py_IS_TYPE(holds, &SamplesType))) {
+        samples_add((Samples *)holds, now - checked_out_at);
+    }
+    else if (hold_append(holds, now - checked_out_at) < 0) {
+        return NULL;
+    }
+    PyObject *status = GET(entry, e_status);
+    if (UNLIKELY(status == NULL)) {
+        return NULL;
+    }
+    if (UNLIKELY(status == Py_None || SLOT(entry, S.e_state) != S.in_use)) {
+        return release_slow(pool, entry, now);
+    }
+    int dirty = entry_dirty(pool, entry);
+    if (UNLIKELY(dirty < 0)) {
+        return NULL;
+    }
+    if (UNLIKELY(dirty)) {
+        return release_slow(pool, entry, now);
+    }
+    /* The common case, with no round trip: the status bits of the server's last reply, read
+     * now, say the session is clean. (Read the slot again: checking the flags may have run
+     * Python code.) */
+    status = GET(entry, e_status);
+    long long bits, mask, clean;
+    if (UNLIKELY(status == NULL || status_bits(status, &bits) < 0 ||
+                 (v = GET(pool, p_release_mask)) == NULL || as_ll(v, &mask) < 0 ||
+                 (v = GET(pool, p_clean_bits)) == NULL || as_ll(v, &clean) < 0)) {
+        return NULL;
+    }
+    if (UNLIKELY((bits & mask) != clean)) {
+        return release_slow(pool, entry, now);
+    }
+    if (UNLIKELY(store_status(entry, bits) < 0 || set_double(entry, S.e_returned_at, now) < 0 ||
+                 set_double(entry, S.e_last_active, now) < 0)) {
+        return NULL;
+    }
+    PyObject *lock = GET(pool, p_lock);
+    if (UNLIKELY(lock == NULL)) {
+        return NULL;
+    }
+    Py_INCREF(lock);
+    int locked;
+    if (UNLIKELY(enter_section(lock, &locked) < 0)) {
+        Py_DECREF(lock);
+        return NULL;
+    }
+    int waiters = TRUTHY(pool, p_waiters), closed = -1;
+    double expires = 0.0;
+    if (waiters == 0) {
+        closed = TRUTHY(pool, p_closed);
+    }
+    if (closed == 0 && ((v = GET(entry, e_expires)) == NULL || as_double(v, &expires) < 0)) {
+        closed = -1;
+    }
+    if (UNLIKELY(waiters < 0 || (waiters == 0 && closed < 0))) {
+        if (locked) {
+            release_keeping_error(lock);
+        }
+        Py_DECREF(lock);
+        return NULL;
+    }
+    /* _checkin's common case, the entry left where it is filed. */
+    int done = !waiters && !closed && now < expires && toggle_parked(pool, entry, S.idle) == 0;
+    int released = locked ? call_lock(S.lock_release, lock) : 0;
+    Py_DECREF(lock);
+    if (UNLIKELY(released < 0)) {
+        return NULL;
+    }
+    if (LIKELY(done)) {
+        Py_RETURN_NONE;
+    }
+    return checkin_slow(pool, entry);
 }
 
 /* Pool._release(self, proxy, entry) */
@@ -1198,7 +1287,7 @@ pool_release(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 }
 
 /* PooledConnection.__enter__(self) */
-static PyObject *
+HOT_PATH static PyObject *
 proxy_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
     if (nargs != 0) {
@@ -1208,39 +1297,47 @@ proxy_enter(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return Py_NewRef(self);
 }
 
+/* pool._release(proxy, entry) through Python: a pool or entry of another class. */
+COLD static PyObject *
+release_python(PyObject *pool, PyObject *proxy, PyObject *entry)
+{
+    return PyObject_CallMethod(pool, "_release", "OO", proxy, entry);
+}
+
 /* PooledConnection.__exit__(self, exc_type, exc, tb) */
-static PyObject *
+HOT_PATH static PyObject *
 proxy_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (check_bound() < 0) {
+    if (UNLIKELY(check_bound() < 0)) {
         return NULL;
     }
-    if (nargs != 3) {
+    if (UNLIKELY(nargs != 3)) {
         PyErr_Format(PyExc_TypeError, "__exit__() takes 3 arguments (%zd given)", nargs);
         return NULL;
     }
-    if (!PyObject_TypeCheck(self, S.proxy_type)) {
+    if (UNLIKELY(!PyObject_TypeCheck(self, S.proxy_type))) {
         PyErr_SetString(PyExc_TypeError, "__exit__() needs a PooledConnection");
         return NULL;
     }
     PyObject *entry = GET(self, c_entry);
-    if (entry == NULL) {
+    if (UNLIKELY(entry == NULL)) {
         return NULL;
     }
-    if (entry == Py_None) {
+    if (UNLIKELY(entry == Py_None)) {
         Py_RETURN_NONE;
     }
     PyObject *pool = GET(self, c_pool);
-    if (pool == NULL) {
+    if (UNLIKELY(pool == NULL)) {
         return NULL;
     }
     Py_INCREF(entry);
     Py_INCREF(pool);
     set_slot(self, S.c_entry, Py_None);
     PyObject *r;
-    if (PyObject_TypeCheck(pool, S.pool_type) && PyObject_TypeCheck(entry, S.entry_type)) {
+    if (LIKELY(PyObject_TypeCheck(pool, S.pool_type) && PyObject_TypeCheck(entry, S.entry_type))) {
         r = release(pool, entry);
-        if (r != NULL && SLOT(entry, S.e_state) == S.idle && Py_IS_TYPE(self, S.proxy_type)) {
+        if (LIKELY(r != NULL && SLOT(entry, S.e_state) == S.idle &&
+                   Py_IS_TYPE(self, S.proxy_type))) {
             /* Back in the idle set: keep this proxy for the entry's next check-out
              * (take_spare). It lets go of the pool, or the pool would hold itself through
              * its idle entry, and a pool dropped without close() would wait for the
@@ -1250,7 +1347,7 @@ proxy_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         }
     }
     else {
-        r = PyObject_CallMethod(pool, "_release", "OO", self, entry);
+        r = release_python(pool, self, entry);
     }
     Py_DECREF(entry);
     Py_DECREF(pool);
@@ -1267,7 +1364,7 @@ proxy_exit(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
  * look-up in the type attribute cache instead of three: fewer cache lines per request, and
  * fewer chances for two of a request's look-ups to evict each other from that cache. An
  * attribute the proxy does not have goes to CPython's own, which calls __getattr__. */
-static PyObject *
+HOT_PATH static PyObject *
 proxy_getattro(PyObject *self, PyObject *name)
 {
     PyObject *r = _PyObject_GenericGetAttrWithDict(self, name, NULL, 1);
@@ -1361,7 +1458,7 @@ call_python(PyObject *func, PyObject *self, PyObject *const *args, Py_ssize_t na
  * connection the one the caller knows (the proxy's generation, or `known`: a cursor's).
  * Borrowed; NULL otherwise, with *error set if an error is pending. Every case it refuses
  * goes to the Python method, which decides it. */
-static PyObject *
+HOT_PATH static PyObject *
 usable_entry(PyObject *proxy, PyObject *known, int *error)
 {
     *error = 0;
@@ -1424,7 +1521,7 @@ object_slot(PyTypeObject *type, PyObject *name)
 
 /* cursor.<name> (one of the two): from its slot, or through the attribute protocol (which
  * also raises the AttributeError of an empty slot). A new reference, or NULL. */
-static PyObject *
+HOT_PATH static PyObject *
 cursor_get(PyObject *cursor, Py_ssize_t off, PyObject *name)
 {
     if (off > 0) {
@@ -1437,7 +1534,7 @@ cursor_get(PyObject *cursor, Py_ssize_t off, PyObject *name)
 }
 
 /* cursor.<name> = value (one of the two). */
-static int
+HOT_PATH static int
 cursor_set(PyObject *cursor, Py_ssize_t off, PyObject *name, PyObject *value)
 {
     if (off > 0) {
@@ -1469,7 +1566,7 @@ static unsigned int cursor_classes_next;
 
 /* The class's driver execute (a new reference, in *execute unless NULL), whether it
  * streams and where it keeps the two per-cursor attributes; -1 on error. */
-static int
+HOT_PATH static int
 cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered, CursorSlots *slots)
 {
     if (PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)) {
@@ -1534,7 +1631,7 @@ cursor_class_info(PyTypeObject *type, PyObject **execute, int *unbuffered, Curso
 
 /* PooledConnection.cursor(self): the driver's default cursor class, extended by
  * tether.Cursor. Any argument (another class) goes to the Python method. */
-static PyObject *
+HOT_PATH static PyObject *
 proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
     if (check_bound() < 0) {
@@ -1589,27 +1686,83 @@ proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     return cur;
 }
 
+/* cursor_execute()'s failure: as `except Exception as exc:` in the Python method, the error
+ * judged by _failed (a replay, or an error that says what happened), with exc as the
+ * exception being handled. The result of _failed, or NULL. */
+COLD static PyObject *
+execute_failed(PyObject *self, PyObject *conn, PyObject *entry, PyObject *query,
+               PyObject *params)
+{
+    if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+        return NULL;
+    }
+    PyObject *result = NULL;
+    PyObject *type, *exc, *tb;
+    PyErr_Fetch(&type, &exc, &tb);
+    PyErr_NormalizeException(&type, &exc, &tb);
+    if (tb != NULL) {
+        PyException_SetTraceback(exc, tb);
+    }
+    set_slot(entry, S.e_busy_since, S.zero_float);
+    PyObject *last_status = GET(entry, e_last_status);
+    Py_XINCREF(last_status);
+    PyObject *redo =
+        last_status ? PyObject_CallMethod(self, "_tether_redo", "sOO", "execute", query, params)
+                    : NULL;
+    if (redo != NULL) {
+        PyObject *old_type, *old_value, *old_tb;
+        PyErr_GetExcInfo(&old_type, &old_value, &old_tb);
+        Py_INCREF(type);
+        Py_INCREF(exc);
+        Py_XINCREF(tb);
+        PyErr_SetExcInfo(type, exc, tb);
+        PyObject *idempotent = Py_None;
+        result = PyObject_CallMethod(conn, "_failed", "OOOOsOO", entry, exc, last_status, redo,
+                                     "execute", query, idempotent);
+        PyErr_SetExcInfo(old_type, old_value, old_tb);
+        Py_DECREF(redo);
+    }
+    Py_XDECREF(last_status);
+    Py_XDECREF(type);
+    Py_XDECREF(exc);
+    Py_XDECREF(tb);
+    return result;
+}
+
+/* conn._read_status(entry): the session's state changed (rare: the Python method notes it
+ * and clears the driver's flag). 0, or -1 on error. */
+COLD static int
+read_status(PyObject *conn, PyObject *entry)
+{
+    PyObject *r = PyObject_CallMethodOneArg(conn, S.s_read_status, entry);
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
 /* tether.Cursor.execute(self, query, args=None): the statement through the driver's own
  * execute, a timestamp for the watchdog before it and the status bits after it. Keywords
  * (idempotent=, timeout=, ...) and every unusual case go to the Python method. */
-static PyObject *
+HOT_PATH static PyObject *
 cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
 {
-    if (check_bound() < 0) {
+    if (UNLIKELY(check_bound() < 0)) {
         return NULL;
     }
-    if (nargs < 1 || nargs > 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0)) {
+    if (UNLIKELY(nargs < 1 || nargs > 2 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) != 0))) {
         return call_python(S.execute_py, self, args, nargs, kwnames);
     }
     PyObject *query = args[0], *params = nargs == 2 ? args[1] : Py_None;
     PyObject *func, *conn, *gen = NULL;
     int streams;
     CursorSlots at;
-    if (cursor_class_info(Py_TYPE(self), &func, &streams, &at) < 0) {
+    if (UNLIKELY(cursor_class_info(Py_TYPE(self), &func, &streams, &at) < 0)) {
         return NULL;
     }
     conn = cursor_get(self, at.conn, S.s_tether_conn);
-    if (conn == NULL || (gen = cursor_get(self, at.gen, S.s_tether_gen)) == NULL) {
+    if (UNLIKELY(conn == NULL || (gen = cursor_get(self, at.gen, S.s_tether_gen)) == NULL)) {
         Py_DECREF(func);
         Py_XDECREF(conn);
         return NULL;
@@ -1618,7 +1771,7 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     PyObject *entry =
         PyObject_TypeCheck(conn, S.proxy_type) ? usable_entry(conn, gen, &error) : NULL;
     Py_DECREF(gen);
-    if (entry == NULL) {
+    if (UNLIKELY(entry == NULL)) {
         /* Returned, broken or replaced: the Python method (a replay, or a clear error). */
         Py_DECREF(func);
         Py_DECREF(conn);
@@ -1626,69 +1779,30 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     Py_INCREF(entry);
     PyObject *result = NULL;
-    if (set_double(entry, S.e_busy_since, monotonic()) < 0) {
+    if (UNLIKELY(set_double(entry, S.e_busy_since, monotonic()) < 0)) {
         goto done;
     }
     PyObject *call_args[3] = {self, query, params};
     result = PyObject_Vectorcall(func, call_args, 3, NULL);
-    if (result == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
-            goto done;
-        }
-        /* As `except Exception as exc:` in the Python method: judged by _failed (replay,
-         * or an error that says what happened), with exc as the exception being handled. */
-        PyObject *type, *exc, *tb;
-        PyErr_Fetch(&type, &exc, &tb);
-        PyErr_NormalizeException(&type, &exc, &tb);
-        if (tb != NULL) {
-            PyException_SetTraceback(exc, tb);
-        }
-        set_slot(entry, S.e_busy_since, S.zero_float);
-        PyObject *last_status = GET(entry, e_last_status);
-        Py_XINCREF(last_status);
-        PyObject *redo =
-            last_status ? PyObject_CallMethod(self, "_tether_redo", "sOO", "execute", query,
-                                              params)
-                        : NULL;
-        if (redo != NULL) {
-            PyObject *old_type, *old_value, *old_tb;
-            PyErr_GetExcInfo(&old_type, &old_value, &old_tb);
-            Py_INCREF(type);
-            Py_INCREF(exc);
-            Py_XINCREF(tb);
-            PyErr_SetExcInfo(type, exc, tb);
-            PyObject *idempotent = Py_None;
-            result = PyObject_CallMethod(conn, "_failed", "OOOOsOO", entry, exc, last_status,
-                                         redo, "execute", query, idempotent);
-            PyErr_SetExcInfo(old_type, old_value, old_tb);
-            Py_DECREF(redo);
-        }
-        Py_XDECREF(last_status);
-        Py_XDECREF(type);
-        Py_XDECREF(exc);
-        Py_XDECREF(tb);
+    if (UNLIKELY(result == NULL)) {
+        result = execute_failed(self, conn, entry, query, params);
         goto done;
     }
     clear_double(entry, S.e_busy_since);
     PyObject *status = GET(entry, e_status);
-    if (status == NULL) {
+    if (UNLIKELY(status == NULL)) {
         Py_CLEAR(result);
         goto done;
     }
-    if (status != Py_None) {
+    if (LIKELY(status != Py_None)) {
         long long b;
-        if (status_bits(status, &b) < 0 || store_status(entry, b) < 0) {
+        if (UNLIKELY(status_bits(status, &b) < 0 || store_status(entry, b) < 0)) {
             Py_CLEAR(result);
             goto done;
         }
-        if (b & STATUS_SESSION_STATE_CHANGED) {
-            /* Rare: the Python method notes it (and clears the driver's flag). */
-            PyObject *r = PyObject_CallMethodOneArg(conn, S.s_read_status, entry);
-            if (r == NULL) {
-                Py_CLEAR(result);
-                goto done;
-            }
-            Py_DECREF(r);
+        if (UNLIKELY(b & STATUS_SESSION_STATE_CHANGED) && read_status(conn, entry) < 0) {
+            Py_CLEAR(result);
+            goto done;
         }
     }
 done:
