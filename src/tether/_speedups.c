@@ -73,31 +73,38 @@
 
 /* ------------------------------------------------------------------ bound state */
 
+/* What a request reads comes first and packed (slot offsets as 32-bit ints), in four cache
+ * lines: between requests they are as cold as the rest, and each line is a miss. */
+typedef int32_t Offset;
 typedef struct {
     PyTypeObject *pool_type, *entry_type, *proxy_type, *lock_type;
     PyObject *idle, *in_use;             /* the entry states, compared by identity */
-    PyObject *lock_acquire, *lock_release, *lock_locked; /* _thread.lock's methods */
-    PyObject *zero;
+    PyObject *lock_release;
+    PyTypeObject *deque_type; /* collections.deque: Pool._leaked and _waiters */
     double trusted;
     int lock_mirror; /* the lock's `locked` field can be read directly (LockMirror) */
-    PyTypeObject *local_type, *local_dummy_type; /* threading.local and its per-thread holder */
-    int local_mirror; /* a threading.local's per-thread dict can be found directly */
-    PyTypeObject *deque_type; /* collections.deque: Pool._leaked and _waiters */
     int tstate_ident; /* PyThreadState.thread_id is threading.get_ident() (checked at bind) */
+    int bound;        /* bind() was called */
+    volatile pid_t current_pid; /* see after_fork_in_child() */
     /* Pool slots */
-    Py_ssize_t p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times,
+    Offset p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times,
         p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
         p_fast_checkouts, p_parked, p_by_thread;
     /* _Entry slots */
-    Py_ssize_t e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
+    Offset e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
         e_gen, e_last_active,
         e_last_status, e_leak_reported, e_owner, e_parked, e_pid, e_fd, e_raw, e_returned_at,
         e_session_dirty, e_spare, e_state, e_status, e_tainted, e_unbuffered;
     /* PooledConnection slots */
-    Py_ssize_t c_entry, c_gen, c_pool, c_raw;
+    Offset c_entry, c_gen, c_pool, c_raw;
+    /* the rest: slow paths */
+    PyObject *zero;
+    PyObject *lock_acquire, *lock_locked; /* _thread.lock's methods */
+    PyTypeObject *local_type, *local_dummy_type; /* threading.local and its per-thread holder */
+    int local_mirror; /* a threading.local's per-thread dict can be found directly */
     /* interned names */
     PyObject *s_last, *s_checkouts, *s_usable, *s_checkout, *s_record_stack, *s_checkin,
-        *s_release_slow, *s_on_proxy_collected, *s_timeout, *s_acquire, *s_release,
+        *s_release_slow, *s_on_proxy_collected, *s_abandon_checkout, *s_timeout, *s_acquire, *s_release,
         *s_tether_conn, *s_tether_gen, *s_tether_base, *s_tether_unbuffered, *s_tether_open,
         *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
     PyObject *cursor_py, *execute_py; /* the Python methods, for every other call shape */
@@ -105,8 +112,11 @@ typedef struct {
     PyObject *zero_float;
 } State;
 
+#if defined(__GNUC__)
+static State S __attribute__((aligned(64)));
+#else
 static State S;
-static int bound = 0;
+#endif
 
 /* A counter the compiled paths add to under the pool's lock (Pool._fast_checkouts,
  * Pool._parked): one C integer instead of a read, an addition and a store of a Python int.
@@ -188,16 +198,14 @@ reader_bits(StatusReader *r)
     return out;
 }
 
-/* This process's id, kept by a pthread_atfork child handler: it runs in the child of every
- * fork(), also of those made from C without Python's at-fork hooks (uWSGI's workers), so
- * comparing with it catches an inherited connection as surely as getpid(), without the
- * system call on every check-out. */
-static volatile pid_t current_pid;
-
+/* S.current_pid: this process's id, kept by a pthread_atfork child handler: it runs in the
+ * child of every fork(), also of those made from C without Python's at-fork hooks (uWSGI's
+ * workers), so comparing with it catches an inherited connection as surely as getpid(),
+ * without the system call on every check-out. */
 static void
 after_fork_in_child(void)
 {
-    current_pid = getpid();
+    S.current_pid = getpid();
 }
 
 /* Built for size (-Os, setup.py): between two requests the fast paths' code is as cold as
@@ -660,14 +668,17 @@ store_status(PyObject *entry, long long bits)
     return set_slot_new(entry, S.e_last_status, PyLong_FromLongLong(bits));
 }
 
-HOT_PATH static int
+COLD static int
+not_bound(void)
+{
+    PyErr_SetString(PyExc_RuntimeError, "tether._speedups: bind() was not called");
+    return -1;
+}
+
+HOT_INLINE int
 check_bound(void)
 {
-    if (!bound) {
-        PyErr_SetString(PyExc_RuntimeError, "tether._speedups: bind() was not called");
-        return -1;
-    }
-    return 0;
+    return LIKELY(S.bound) ? 0 : not_bound();
 }
 
 /* ThreadCache's key of a thread (its thread state's unique id, plus one) and its place. */
@@ -750,7 +761,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
     if (as_ll(pid, &pool_pid) < 0) {
         return -1;
     }
-    if ((long long)current_pid != pool_pid) {
+    if ((long long)S.current_pid != pool_pid) {
         return 0;
     }
     PyObject *lock = GET(self, p_lock);
@@ -789,6 +800,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
         }
         if (mine && !bad && toggle_parked(self, last, S.in_use) == 0) {
             if (count_checkout(self) < 0) {
+                toggle_parked(self, last, S.idle); /* not taken after all */
                 if (locked) {
                     release_keeping_error(lock);
                 }
@@ -801,6 +813,31 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
     int released = locked ? call_lock(S.lock_release, lock) : 0;
     Py_DECREF(lock);
     return released < 0 ? -1 : take;
+}
+
+/* Pool._abandon_checkout(entry, exc) for a check-out that failed after taking `entry` (an
+ * error set): closed and its slot freed, as pool.py does. The error stays; should the call
+ * fail, its error takes over with the first as its context, as in an except block. */
+COLD static void
+abandon_checkout(PyObject *self, PyObject *entry)
+{
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    if (value == NULL) {
+        PyErr_Restore(type, value, tb);
+        return;
+    }
+    if (tb != NULL) {
+        PyException_SetTraceback(value, tb);
+    }
+    PyObject *r = PyObject_CallMethodObjArgs(self, S.s_abandon_checkout, entry, value, NULL);
+    if (r == NULL) {
+        _PyErr_ChainExceptions(type, value, tb);
+        return;
+    }
+    Py_DECREF(r);
+    PyErr_Restore(type, value, tb);
 }
 
 /* own_idle()'s look-up when the thread's place in Pool._by_thread does not give a
@@ -925,6 +962,7 @@ own_idle(PyObject *self, PyObject *timeout)
     return last;
 
 error:
+    abandon_checkout(self, last);
     Py_DECREF(last);
     return NULL;
 }
@@ -1114,6 +1152,7 @@ pool_connection(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObjec
     return proxy;
 
 error:
+    abandon_checkout(self, entry);
     Py_DECREF(entry);
     return NULL;
 }
@@ -2149,7 +2188,7 @@ static PyTypeObject SamplesType = {
 /* ------------------------------------------------------------------ bind */
 
 static int
-slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
+slot_offset(PyTypeObject *type, const char *name, Offset *out)
 {
     PyObject *descr = PyObject_GetAttrString((PyObject *)type, name);
     if (descr == NULL) {
@@ -2158,8 +2197,9 @@ slot_offset(PyTypeObject *type, const char *name, Py_ssize_t *out)
     int ok = Py_IS_TYPE(descr, &PyMemberDescr_Type);
     if (ok) {
         PyMemberDef *m = ((PyMemberDescrObject *)descr)->d_member;
-        ok = m->type == T_OBJECT_EX && !(m->flags & READONLY);
-        *out = m->offset;
+        ok = m->type == T_OBJECT_EX && !(m->flags & READONLY) && m->offset > 0 &&
+             m->offset <= INT32_MAX;
+        *out = ok ? (Offset)m->offset : 0;
     }
     Py_DECREF(descr);
     if (!ok) {
@@ -2255,7 +2295,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     struct {
         PyTypeObject *type;
         const char *name;
-        Py_ssize_t *out;
+        Offset *out;
     } slots[] = {
         {pool, "_by_thread", &s.p_by_thread},
         {pool, "_clean_bits", &s.p_clean_bits},
@@ -2390,6 +2430,7 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     s.s_checkin = PyUnicode_InternFromString("_checkin");
     s.s_release_slow = PyUnicode_InternFromString("_release_slow");
     s.s_on_proxy_collected = PyUnicode_InternFromString("_on_proxy_collected");
+    s.s_abandon_checkout = PyUnicode_InternFromString("_abandon_checkout");
     s.s_timeout = PyUnicode_InternFromString("timeout");
     s.s_acquire = PyUnicode_InternFromString("acquire");
     s.s_tether_conn = PyUnicode_InternFromString("_tether_conn");
@@ -2433,8 +2474,9 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     }
     /* Bound once per process (pool.py binds at import); the old state, if any, stays
      * referenced by nothing but is harmless to keep. */
+    s.bound = 1;
+    s.current_pid = S.current_pid;
     S = s;
-    bound = 1;
 
     PyMethodDef *defs[] = {&connection_def, &release_def, &enter_def, &exit_def,
                            &del_def,        &cursor_def,  &execute_def};
@@ -2474,7 +2516,7 @@ PyInit__speedups(void)
         PyType_Ready(&SamplesType) < 0 || PyType_Ready(&ThreadCacheType) < 0) {
         return NULL;
     }
-    current_pid = getpid();
+    S.current_pid = getpid();
     if (pthread_atfork(NULL, NULL, after_fork_in_child) != 0) {
         PyErr_SetString(PyExc_OSError, "pthread_atfork failed");
         return NULL;

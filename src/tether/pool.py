@@ -476,6 +476,7 @@ class Pool:
                     entry = last
             finally:
                 lock.release()
+        try:
             if entry is not None:
                 now = entry.checked_out_at = _monotonic()
                 idle = now - entry.last_active
@@ -488,15 +489,43 @@ class Pool:
                     # Expired, idle past the ping window or with a readable socket: the full
                     # check pinged or replaced it; the slow path finds or opens another.
                     entry = None
-        if entry is None:
-            entry = self._checkout(self.timeout if timeout is None else timeout)
-        # Where it was acquired, for leak reports and timeout messages: the code and the
-        # instruction offset (the line number is worked out only when it is needed).
-        f = _getframe(1)
-        entry.acquired = (f.f_code, f.f_lasti)
-        if self.leak_timeout is not None:
-            self._record_stack(entry, f)
-        return PooledConnection(self, entry)
+            if entry is None:
+                entry = self._checkout(self.timeout if timeout is None else timeout)
+            # Where it was acquired, for leak reports and timeout messages: the code and the
+            # instruction offset (the line number is worked out only when it is needed).
+            f = _getframe(1)
+            entry.acquired = (f.f_code, f.f_lasti)
+            if self.leak_timeout is not None:
+                self._record_stack(entry, f)
+            return PooledConnection(self, entry)
+        except BaseException as exc:
+            if entry is not None:
+                self._abandon_checkout(entry, exc)
+            raise
+
+    def _abandon_checkout(self, entry: _Entry, exc: BaseException) -> None:
+        """A check-out that failed after taking ``entry``: an error or an interrupt
+        (Ctrl-C in a ping, say) before the caller got the connection. Nobody holds it and its
+        session may be mid-protocol, so it is closed and its slot freed: a check-out that
+        did not finish never costs the pool a slot."""
+        if entry.state is not IN_USE:
+            return  # the health check already discarded or replaced it
+        logger.warning(
+            "%s: check-out failed (%s): closing connection %d",
+            self.name,
+            _describe(exc),
+            entry.session_id,
+        )
+        self._discard(entry, f"check-out failed ({type(exc).__name__})")
+
+    def _usable_or_abandon(self, entry: _Entry) -> bool:
+        """_usable() for an entry just marked in use by _checkout, which abandons it when
+        the check itself fails (see _abandon_checkout)."""
+        try:
+            return self._usable(entry)
+        except BaseException as exc:
+            self._abandon_checkout(entry, exc)
+            raise
 
     getconn = connection
 
@@ -657,7 +686,7 @@ class Pool:
                 else:
                     self._mark_in_use_locked(entry, ident)
             if entry is not None:
-                if self._usable(entry):
+                if self._usable_or_abandon(entry):
                     if waited:
                         self._record_wait(start)
                     return entry
@@ -674,7 +703,7 @@ class Pool:
             entry = self._wait(waiter, deadline, start)
             if entry is not None:
                 self._mark_in_use(entry, ident)
-                if self._usable(entry):
+                if self._usable_or_abandon(entry):
                     self._record_wait(start)
                     return entry
 

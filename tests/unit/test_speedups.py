@@ -9,6 +9,7 @@ import hashlib
 import logging
 import os
 import sys
+import threading
 import weakref
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,43 @@ def test_acquired_where_follows_each_call_site(make_pool: Any) -> None:
         assert " in elsewhere" in elsewhere()
 
 
+def test_leak_stack_and_place_are_recorded_on_the_fast_path(make_pool: Any) -> None:
+    # With a leak threshold the place comes from the acquiring stack, not the caller's frame.
+    pool = make_pool(max_size=1, leak_timeout=60)
+    for _ in range(2):
+        with pool.connection() as conn:
+            line = sys._getframe().f_lineno - 1
+            entry = conn._entry
+            assert entry.acquired is not None
+            assert entry.acquired[0] is sys._getframe().f_code
+            assert f'test_speedups.py", line {line}, in {_name()}' in entry.where()
+
+
+def _name() -> str:
+    return sys._getframe(1).f_code.co_name
+
+
+@pytest.mark.parametrize("attribute", ["_fresh_for", "_pid", "_lock"])
+def test_a_deleted_pool_attribute_is_named_in_the_error(make_pool: Any, attribute: str) -> None:
+    # The compiled paths read the pool's slots directly: one that is gone is an
+    # AttributeError naming it, as in Python, never a crash or a silent default; and a
+    # check-out that fails that way after taking its connection gives up the slot (the
+    # pool of one serves the next check-out at once).
+    pool = make_pool(max_size=1, timeout=2)
+    with pool.connection():
+        pass
+    saved = getattr(pool, attribute)
+    delattr(pool, attribute)
+    try:
+        with pytest.raises(AttributeError, match=attribute.lstrip("_")):
+            with pool.connection():
+                pass
+    finally:
+        setattr(pool, attribute, saved)
+    with pool.connection():
+        pass
+
+
 def test_leak_stack_is_recorded_on_the_fast_path(make_pool: Any) -> None:
     pool = make_pool(max_size=1, leak_timeout=60)
     for _ in range(2):
@@ -128,6 +166,52 @@ def test_leak_stack_is_recorded_on_the_fast_path(make_pool: Any) -> None:
             stack = conn._entry.stack
             assert stack is not None
             assert stack[-1].name == "test_leak_stack_is_recorded_on_the_fast_path"
+
+
+@pytest.mark.parametrize("on_the_slow_path", [False, True])
+@pytest.mark.parametrize("interrupt", [KeyboardInterrupt, SystemExit])
+def test_an_interrupted_health_check_does_not_cost_the_pool_a_slot(
+    make_pool: Any,
+    fake: FakeDriver,
+    monkeypatch: pytest.MonkeyPatch,
+    interrupt: type,
+    on_the_slow_path: bool,
+) -> None:
+    # Ctrl-C (or sys.exit() from a signal handler) during the ping of a connection idle past
+    # ping_after: nobody holds it, and its session may be mid-protocol, so it is closed and
+    # its slot freed. (An Exception in a ping is a failed ping: replaced, not raised.)
+    pool = make_pool(max_size=1, ping_after=0, timeout=2)
+    with pool.connection() as conn:
+        first = conn._entry
+    real_ping = fake.ping
+
+    def ping(raw: Any, timeout: float) -> None:
+        raise interrupt()
+
+    monkeypatch.setattr(fake, "ping", ping)
+    if on_the_slow_path:
+        # Another thread: it takes the idle connection over through _checkout.
+        raised: list[BaseException] = []
+
+        def other() -> None:
+            try:
+                pool.connection()
+            except BaseException as exc:
+                raised.append(exc)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join(10)
+        assert [type(e) for e in raised] == [interrupt]
+    else:
+        with pytest.raises(interrupt):
+            pool.connection()
+    assert first.raw is None  # closed
+    stats = pool.stats()
+    assert (stats["size"], stats["in_use"]) == (0, 0)
+    monkeypatch.setattr(fake, "ping", real_ping)
+    with pool.connection() as conn:  # at once, on a new connection
+        assert conn._entry is not first
 
 
 def test_exit_twice_and_close_after_exit(make_pool: Any) -> None:
