@@ -18,7 +18,8 @@
  * in the dict they are filed in (no dict operations per request), the caller's frame read
  * without making a frame object of it, the last give-back's proxy handed out again when
  * nothing else can see it (no allocation, finalizer and deallocation per request), a cursor
- * class's driver execute kept while the class is unchanged.
+ * class's driver execute kept while the class is unchanged, the state a request reads packed
+ * into a few lines, and the code it runs too (rare branches out of line: see HOT_PATH).
  *
  * The objects are pool.py's: Pool, _Entry and PooledConnection keep their state in
  * __slots__, and bind() looks up each slot's offset once from its member descriptor (the
@@ -39,16 +40,25 @@
 
 #define STATUS_SESSION_STATE_CHANGED 0x4000
 
+/* Code layout. Between two requests the fast paths' code is as cold as their data, and a
+ * request pays for every distinct cache line it runs: so what a request runs should sit in
+ * as few lines as possible. Rare branches (errors, slow paths) go out of line into COLD
+ * functions, which the compiler puts in a section of their own; the functions a request
+ * runs share one section (HOT_PATH), side by side, so that a short one does not take a line
+ * to itself. (bench/cold.py counts the lines.) */
 #if defined(__GNUC__)
 #define UNLIKELY(x) __builtin_expect(!!(x), 0)
 #define LIKELY(x) __builtin_expect(!!(x), 1)
 #define COLD __attribute__((cold, noinline))
-#define HOT_PATH __attribute__((section(".text.tether_hot")))
 #else
-#define HOT_PATH
 #define UNLIKELY(x) (x)
 #define LIKELY(x) (x)
 #define COLD
+#endif
+#if defined(__GNUC__) && defined(__ELF__)
+#define HOT_PATH __attribute__((section(".text.tether_hot")))
+#else
+#define HOT_PATH
 #endif
 
 #ifndef TETHER_SOURCE_SHA256
