@@ -313,6 +313,18 @@ monotonic(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* The outcome of a call made for its effect: -1 if it failed (its error set), else 0 with
+ * its result let go. */
+HOT_INLINE int
+drop_result(PyObject *r)
+{
+    if (r == NULL) {
+        return -1;
+    }
+    Py_DECREF(r);
+    return 0;
+}
+
 HOT_PATH static int
 call_lock(PyObject *method, PyObject *lock)
 {
@@ -326,11 +338,7 @@ call_lock(PyObject *method, PyObject *lock)
         r = PyObject_CallMethodNoArgs(
             lock, method == S.lock_acquire ? S.s_acquire : S.s_release);
     }
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return drop_result(r);
 }
 
 #if PY_VERSION_HEX < 0x030D0000
@@ -1068,12 +1076,8 @@ note_acquired_slow(PyObject *self, PyObject *entry, PyObject *leak_timeout, PyOb
         r = set_slot_new(entry, S.e_acquired, acquired);
     }
     if (r == 0 && leak_timeout != Py_None) {
-        PyObject *rec = PyObject_CallMethodObjArgs(self, S.s_record_stack, entry,
-                                                   frame ? (PyObject *)frame : Py_None, NULL);
-        if (rec == NULL) {
-            return -1;
-        }
-        Py_DECREF(rec);
+        r = drop_result(PyObject_CallMethodObjArgs(self, S.s_record_stack, entry,
+                                                   frame ? (PyObject *)frame : Py_None, NULL));
     }
     return r;
 }
@@ -1173,12 +1177,7 @@ error:
 COLD static int
 hold_append(PyObject *holds, double v)
 {
-    PyObject *r = PyObject_CallMethod(holds, "append", "d", v);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return drop_result(PyObject_CallMethod(holds, "append", "d", v));
 }
 
 /* Pool._release_slow(entry, now): a give-back that needs more than the status bits. */
@@ -1783,12 +1782,7 @@ execute_failed(PyObject *self, PyObject *conn, PyObject *entry, PyObject *query,
 COLD static int
 read_status(PyObject *conn, PyObject *entry)
 {
-    PyObject *r = PyObject_CallMethodOneArg(conn, S.s_read_status, entry);
-    if (r == NULL) {
-        return -1;
-    }
-    Py_DECREF(r);
-    return 0;
+    return drop_result(PyObject_CallMethodOneArg(conn, S.s_read_status, entry));
 }
 
 /* tether.Cursor.execute(self, query, args=None): the statement through the driver's own

@@ -401,8 +401,6 @@ def test_the_fast_check_out_waits_while_another_thread_holds_the_pools_lock(
 ) -> None:
     # The compiled check-out skips the lock's acquire/release when the lock is free (it reads
     # the lock's state): held by another thread, it must wait for it.
-    import threading
-
     if not PURE and CPYTHON_311 and sys.version_info < (3, 13):
         # There the state is read from the lock object directly (its layout checked first).
         assert _drivers.speedups.lock_state_read
@@ -449,8 +447,6 @@ def test_each_thread_finds_its_own_last_connection(make_pool: Any) -> None:
     # The compiled check-out reads the thread's last connection from threading.local's
     # per-thread dict directly (its layout checked first): each thread, its first use
     # included, must see its own and only its own.
-    import threading
-
     if not PURE and CPYTHON_311 and sys.version_info < (3, 13):
         assert _drivers.speedups.local_state_read
 
@@ -544,8 +540,6 @@ def test_the_thread_cache_finds_each_threads_own_connection_and_only_that(
 ) -> None:
     # The compiled check-out looks in Pool._by_thread first (one read, keyed by the thread
     # state's unique id), then in Pool._local, the record, and caches what it found there.
-    import threading
-
     pool = make_pool(max_size=4)
     mine = _cached(pool)
     before = _fast_checkouts(pool)
@@ -580,8 +574,6 @@ def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
     # At the bound, a thread's cached last connection can be checked out by another thread:
     # while that one holds it, this thread must wait for it like any other, and once it is
     # back (now the other thread's), get it through the slow path, then fast again.
-    import threading
-
     pool = make_pool(max_size=1)
     entry = _cached(pool)
     taken, release = threading.Event(), threading.Event()
@@ -615,8 +607,6 @@ def test_a_cached_connection_another_thread_took_over_is_not_handed_out(
 def test_more_threads_than_the_thread_cache_holds(make_pool: Any) -> None:
     # 64 places: with more threads alive at once, some evict others; an evicted thread finds
     # its connection through Pool._local again and nothing is handed out twice.
-    import threading
-
     n = 80
     pool = make_pool(max_size=n)
     barrier = threading.Barrier(n)
