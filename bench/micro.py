@@ -494,22 +494,16 @@ class RawPlusPython(RawOnPool):
 
 
 class RawAgain(RawOnPool):
-    """The raw held connection on tether Pool's connection, one thread (the plain one runs
-    on tether ThreadLocalPool's). Against it: how far two connections land apart."""
+    """The raw held connection on tether Pool's connections (the plain one runs on tether
+    ThreadLocalPool's). Against the plain one: how far two sets of connections land apart."""
 
     name = "raw held connection, again"
 
 
-class RawAgainOwn(Raw):
-    """The same control with several threads, on connections of its own."""
-
-    name = RawAgain.name
-
-
 def base_of(name: str, threads: int) -> str:
-    """The raw variant a variant's A/B ratio is taken against: raw on the same connections
-    (tether Pool's on one thread; tether ThreadLocalPool's otherwise)."""
-    if threads == 1 and name in (TetherPool.name, TetherPoolPure.name):
+    """The raw variant a variant's A/B ratio is taken against: raw on the same connections,
+    tether Pool's for tether Pool, tether ThreadLocalPool's otherwise."""
+    if name in (TetherPool.name, TetherPoolPure.name):
         return RawAgain.name
     return Raw.name
 
@@ -521,8 +515,10 @@ def interleaved(
     rotated every cycle), so that every variant sees the same machine state: a slow moment
     of the host lands on all of them instead of on whichever cell it hit. Returns each
     variant's queries/s per slice (a request counts for the variant it started in)."""
+    if threads > POOL_SIZE:
+        raise ValueError(f"the A/B runs raw on the pools' connections: at most {POOL_SIZE} threads")
     RawPlusPython.calibrate()
-    pool = TetherPool(server, driver, raw_beside=threads == 1)
+    pool = TetherPool(server, driver, raw_beside=True)
     local = TetherThreadLocal(server, driver, raw_beside=True)
     # Built in setup order: the pools first, then what runs on their connections.
     variants: list[Variant] = [
@@ -531,20 +527,27 @@ def interleaved(
         TetherPoolPure(server, driver, share=pool),
         TetherThreadLocalPure(server, driver, share=local),
         RawOnPool(server, driver, local),
-        # tether Pool's connections can move between threads (a thread takes any idle one
-        # when its own is busy): raw uses them only where one thread runs.
-        RawAgain(server, driver, pool) if threads == 1 else RawAgainOwn(server, driver),
+        RawAgain(server, driver, pool),
         RawPlusPython(server, driver, local),
     ]
     current = [0]
     stop = threading.Event()
     counts = [[0] * len(variants) for _ in range(threads)]
+    errors = [[0] * len(variants) for _ in range(threads)]
     barrier = threading.Barrier(threads + 1)
+    claim = threading.Barrier(threads)
     per_slice: dict[str, list[float]] = {v.name: [] for v in variants}
 
     def worker(n: int) -> None:
-        keys, i, mine = KEYS, n * 97, counts[n]
+        keys, i, mine, failed = KEYS, n * 97, counts[n], errors[n]
         try:
+            # Raw uses tether Pool's connections behind its back, which is safe only while
+            # no other thread is handed the one a thread uses raw. A thread gets its last
+            # connection back as long as it is idle, and only that thread uses it: so every
+            # thread first holds one of them at the same time (each its own), and from then
+            # on the pool never gives one thread's connection to another. Checked below.
+            with pool.pool.connection():
+                claim.wait(WARMUP_TIMEOUT)
             for variant in variants:
                 variant.request(keys[i & 4095])  # either fast path will do for a warm-up
             barrier.wait(WARMUP_TIMEOUT)
@@ -557,6 +560,7 @@ def interleaved(
             try:
                 variants[which].request(keys[i & 4095])
             except Exception:
+                failed[which] += 1
                 time.sleep(0.001)
                 continue
             mine[which] += 1
@@ -572,6 +576,7 @@ def interleaved(
         for w in workers:
             w.start()
         barrier.wait(WARMUP_TIMEOUT)
+        claimed = pool.pool.stats().counters
         order = list(range(len(variants)))
         for s in range(slices):
             if s and s % len(order) == 0:
@@ -585,6 +590,21 @@ def interleaved(
             elapsed = time.perf_counter() - t0
             after = sum(c[which] for c in counts)
             per_slice[variants[which].name].append((after - before) / elapsed)
+        stop.set()
+        for w in workers:
+            w.join(JOIN_GRACE)
+        now = pool.pool.stats().counters
+        moved = {k: now[k] - claimed[k] for k in ("opened", "closed") if now[k] != claimed[k]}
+        if moved:
+            raise RuntimeError(
+                f"tether Pool's connections changed during the A/B ({moved}): raw ran on"
+                " connections the pool may have handed to another thread"
+            )
+        failures = {
+            v.name: sum(e[k] for e in errors) for k, v in enumerate(variants) if any(e[k] for e in errors)
+        }
+        if failures:
+            raise RuntimeError(f"requests failed during the A/B: {failures}")
     finally:
         stop.set()
         for w in workers:
