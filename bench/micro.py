@@ -601,7 +601,9 @@ def interleaved(
                 " connections the pool may have handed to another thread"
             )
         failures = {
-            v.name: sum(e[k] for e in errors) for k, v in enumerate(variants) if any(e[k] for e in errors)
+            v.name: sum(e[k] for e in errors)
+            for k, v in enumerate(variants)
+            if any(e[k] for e in errors)
         }
         if failures:
             raise RuntimeError(f"requests failed during the A/B: {failures}")
