@@ -511,10 +511,19 @@ def base_of(name: str, threads: int) -> str:
 def interleaved(
     server: MariaDBServer, driver: str, threads: int, slices: int, slice_seconds: float
 ) -> dict[str, list[float]]:
-    """The same worker threads alternate between the variants in short slices (the order
-    rotated every cycle), so that every variant sees the same machine state: a slow moment
-    of the host lands on all of them instead of on whichever cell it hit. Returns each
-    variant's queries/s per slice (a request counts for the variant it started in)."""
+    """The same worker threads alternate between the variants in short slices (every cycle
+    one slice of each, in a new random order), so that every variant sees the same machine
+    state: a slow moment of the host lands on all of them instead of on whichever cell it
+    hit. Returns each variant's queries/s per slice (a request counts for the variant it
+    started in).
+
+    Why a new order every cycle: a slice begins with the threads finishing the requests
+    they started in the slice before, on its clock, and with the caches as that variant
+    left them. With several threads that is a few percent of a 20 ms slice, and in a fixed
+    cyclic order (rotating it keeps who follows whom) each variant always followed the same
+    one: raw after the slow pure-Python variant, say, and raw again after raw. Two sets of
+    raw requests on the same kind of connection then ran 2-4% apart at 16 threads, for no
+    reason but their places. Shuffled, every variant follows every other about as often."""
     if threads > POOL_SIZE:
         raise ValueError(f"the A/B runs raw on the pools' connections: at most {POOL_SIZE} threads")
     RawPlusPython.calibrate()
@@ -578,9 +587,10 @@ def interleaved(
         barrier.wait(WARMUP_TIMEOUT)
         claimed = pool.pool.stats().counters
         order = list(range(len(variants)))
+        shuffle = random.Random(threads).shuffle  # the same orders for the same run
         for s in range(slices):
-            if s and s % len(order) == 0:
-                order = order[1:] + order[:1]
+            if s % len(order) == 0:
+                shuffle(order)
             which = order[s % len(order)]
             variants[which].activate()
             before = sum(c[which] for c in counts)
