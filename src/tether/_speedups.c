@@ -198,6 +198,18 @@ typedef struct {
 
 static PyTypeObject StatusReaderType;
 
+/* getattr(owner, name) for PyMySQL, which keeps the last reply's status bits in an attribute
+ * of its connection (server_status): the fast paths make the look-up directly, where a
+ * partial of getattr went through the partial, the getattr builtin and its argument
+ * handling, twice per request. */
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner, *name;
+    vectorcallfunc vectorcall;
+} AttributeReader;
+
+static PyTypeObject AttributeReaderType;
+
 /* The bits a StatusReader reads: what calling it returns, and what the fast paths read
  * without the call. */
 static unsigned int
@@ -663,7 +675,14 @@ status_bits(PyObject *status, long long *out)
         return 0;
     }
     Py_INCREF(status); /* the call may run code that replaces the entry's reader */
-    PyObject *bits = PyObject_CallNoArgs(status);
+    PyObject *bits;
+    if (Py_IS_TYPE(status, &AttributeReaderType)) {
+        AttributeReader *a = (AttributeReader *)status;
+        bits = PyObject_GetAttr(a->owner, a->name);
+    }
+    else {
+        bits = PyObject_CallNoArgs(status);
+    }
     Py_DECREF(status);
     if (bits == NULL) {
         return -1;
@@ -1942,6 +1961,83 @@ static PyTypeObject StatusReaderType = {
 };
 
 static PyObject *
+attribute_reader_vectorcall(PyObject *self, PyObject *const *args, size_t nargsf,
+                            PyObject *kwnames)
+{
+    if (PyVectorcall_NARGS(nargsf) != 0 || (kwnames && PyTuple_GET_SIZE(kwnames))) {
+        PyErr_SetString(PyExc_TypeError, "a status reader takes no arguments");
+        return NULL;
+    }
+    AttributeReader *a = (AttributeReader *)self;
+    return PyObject_GetAttr(a->owner, a->name);
+}
+
+static PyObject *
+attribute_reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *owner, *name;
+    static char *kwlist[] = {"owner", "name", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OU:AttributeReader", kwlist, &owner, &name)) {
+        return NULL;
+    }
+    AttributeReader *a = (AttributeReader *)type->tp_alloc(type, 0);
+    if (a == NULL) {
+        return NULL;
+    }
+    a->owner = Py_NewRef(owner);
+    a->name = Py_NewRef(name);
+    PyUnicode_InternInPlace(&a->name); /* looked up by identity first */
+    a->vectorcall = attribute_reader_vectorcall;
+    return (PyObject *)a;
+}
+
+static int
+attribute_reader_traverse(AttributeReader *a, visitproc visit, void *arg)
+{
+    Py_VISIT(a->owner);
+    return 0;
+}
+
+static int
+attribute_reader_clear(AttributeReader *a)
+{
+    Py_CLEAR(a->owner);
+    return 0;
+}
+
+static void
+attribute_reader_dealloc(AttributeReader *a)
+{
+    PyObject_GC_UnTrack(a);
+    attribute_reader_clear(a);
+    Py_CLEAR(a->name);
+    Py_TYPE(a)->tp_free((PyObject *)a);
+}
+
+static PyObject *
+attribute_reader_repr(AttributeReader *a)
+{
+    return PyUnicode_FromFormat("<AttributeReader %R of %s at %p>", a->name,
+                                a->owner ? Py_TYPE(a->owner)->tp_name : "nothing", a);
+}
+
+static PyTypeObject AttributeReaderType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether._speedups.AttributeReader",
+    .tp_basicsize = sizeof(AttributeReader),
+    .tp_dealloc = (destructor)attribute_reader_dealloc,
+    .tp_vectorcall_offset = offsetof(AttributeReader, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_repr = (reprfunc)attribute_reader_repr,
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
+    .tp_doc = "AttributeReader(owner, name)() -> getattr(owner, name)",
+    .tp_traverse = (traverseproc)attribute_reader_traverse,
+    .tp_free = PyObject_GC_Del,
+    .tp_clear = (inquiry)attribute_reader_clear,
+    .tp_new = attribute_reader_new,
+};
+
+static PyObject *
 tally_int(Tally *t)
 {
     return PyLong_FromLongLong(t->n);
@@ -2516,7 +2612,8 @@ static struct PyModuleDef module_def = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&TallyType) < 0 ||
+    if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&AttributeReaderType) < 0 ||
+        PyType_Ready(&TallyType) < 0 ||
         PyType_Ready(&SamplesType) < 0 || PyType_Ready(&ThreadCacheType) < 0) {
         return NULL;
     }
@@ -2530,6 +2627,7 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0 ||
+        PyModule_AddObjectRef(m, "AttributeReader", (PyObject *)&AttributeReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
         PyModule_AddObjectRef(m, "Samples", (PyObject *)&SamplesType) < 0 ||
         PyModule_AddObjectRef(m, "ThreadCache", (PyObject *)&ThreadCacheType) < 0 ||

@@ -328,7 +328,11 @@ class PyMySQLDriver(Driver):
     more_results_in_status = False
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:
-        # Called twice per request: a partial of getattr runs in C, with no Python frame.
+        # Called twice per request. The compiled fast paths look the attribute up directly;
+        # without them, a partial of getattr runs in C, with no Python frame.
+        if speedups is not None:
+            reader: Callable[[], int] = speedups.AttributeReader(raw, "server_status")
+            return reader
         return functools.partial(getattr, raw, "server_status")
 
     def clear_state_flag(self, raw: Any) -> None:

@@ -651,3 +651,81 @@ def test_close_and_fork_empty_the_thread_cache(make_pool: Any) -> None:
         assert len(pool._by_thread) == 1  # the parent's own is untouched
     pool.close()
     assert len(pool._by_thread) == 0
+
+
+# ----------------------------------------------------------------- AttributeReader (PyMySQL)
+
+COMPILED = pytest.mark.skipif(
+    PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported"
+)
+
+
+@COMPILED
+def test_attribute_reader_reads_the_attribute_live() -> None:
+    class Conn:
+        server_status = 2
+
+    conn = Conn()
+    reader = _drivers.speedups.AttributeReader(conn, "server_status")
+    assert reader() == 2
+    conn.server_status = 0x4002
+    assert reader() == 0x4002
+    assert "server_status" in repr(reader) and "Conn" in repr(reader)
+    with pytest.raises(TypeError, match="no arguments"):
+        reader(1)
+    with pytest.raises(AttributeError, match="missing"):
+        _drivers.speedups.AttributeReader(conn, "missing")()
+    with pytest.raises(TypeError):
+        _drivers.speedups.AttributeReader(conn, b"server_status")
+
+
+@COMPILED
+def test_attribute_reader_keeps_its_owner_alive_and_lets_go_of_it() -> None:
+    class Conn:
+        server_status = 0
+
+    conn = Conn()
+    gone = weakref.ref(conn)
+    reader = _drivers.speedups.AttributeReader(conn, "server_status")
+    del conn
+    assert gone() is not None  # the reader holds it
+    del reader
+    assert gone() is None
+    conn = Conn()
+    gone = weakref.ref(conn)
+    conn.reader = _drivers.speedups.AttributeReader(conn, "server_status")  # a cycle
+    del conn
+    gc.collect()
+    assert gone() is None  # the collector sees through the reader
+
+
+class AttributeStatusDriver(FakeDriver):
+    """The fake driver with its status read as the PyMySQL adapter reads it when compiled."""
+
+    def status_reader(self, raw: Any) -> Any:
+        return _drivers.speedups.AttributeReader(raw, "status")
+
+
+@COMPILED
+def test_give_back_judged_on_status_read_by_attribute() -> None:
+    # What the fast paths decide from the status bits, with them read through the
+    # AttributeReader: a clean give-back sends nothing, an open transaction is rolled back,
+    # a changed session is reset.
+    fake = AttributeStatusDriver()
+    with tether.Pool(DSN, driver=fake, max_size=1) as pool:
+        with pool.connection() as c:
+            c.cursor().execute("SELECT 1")
+        conn = fake.connections[0]
+        sent = len(conn.statements)
+        with pool.connection() as c:
+            c.cursor().execute("SELECT 2")
+        assert conn.statements[sent:] == ["SELECT 2"]
+        with pool.connection() as c:
+            c.begin()
+            c.cursor().execute("INSERT 1")
+        assert conn.statements.count("ROLLBACK") == 1
+        with pool.connection() as c:
+            c.cursor().execute("SET @x = 1")
+        assert conn.statements.count("<reset>") == 1
+        stats = pool.stats()
+        assert stats["rollbacks"] == 1 and stats["resets"] == 1
