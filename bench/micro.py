@@ -500,7 +500,7 @@ class RawAgain(RawOnPool):
     name = "raw held connection, again"
 
 
-def base_of(name: str, threads: int) -> str:
+def base_of(name: str) -> str:
     """The raw variant a variant's A/B ratio is taken against: raw on the same connections,
     tether Pool's for tether Pool, tether ThreadLocalPool's otherwise."""
     if name in (TetherPool.name, TetherPoolPure.name):
@@ -610,11 +610,8 @@ def interleaved(
                 f"tether Pool's connections changed during the A/B ({moved}): raw ran on"
                 " connections the pool may have handed to another thread"
             )
-        failures = {
-            v.name: sum(e[k] for e in errors)
-            for k, v in enumerate(variants)
-            if any(e[k] for e in errors)
-        }
+        totals = [sum(column) for column in zip(*errors, strict=True)]
+        failures = {v.name: n for v, n in zip(variants, totals, strict=True) if n}
         if failures:
             raise RuntimeError(f"requests failed during the A/B: {failures}")
     finally:

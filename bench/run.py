@@ -438,15 +438,13 @@ class Verdict:
 RESAMPLES = 400  # bootstrap resamples for an A/B ratio's interval
 
 
-def ab_ratios(
-    per_slice: dict[str, list[float]], name: str, threads: int
-) -> tuple[float, float, float] | None:
+def ab_ratios(per_slice: dict[str, list[float]], name: str) -> tuple[float, float, float] | None:
     """``name``'s queries/s over that of raw on the same connections (``micro.base_of``),
     both summed over the A/B's slices (their slices last the same: the ratio of their
     requests), with a 95% interval from resampling the A/B's cycles. The k-th slice of every
     variant ran in the k-th cycle, so each resample keeps raw and ``name`` paired, and a slow
     stretch of the host weighs on both as it did."""
-    base = per_slice.get(micro.base_of(name, threads), [])
+    base = per_slice.get(micro.base_of(name), [])
     values = per_slice.get(name, [])
     n = min(len(base), len(values))
     if not n or sum(base[:n]) <= 0:
@@ -478,7 +476,7 @@ def verdicts(r: Results, names: tuple[str, ...] = TETHER) -> list[Verdict]:
             if layouts:
                 for layout in layouts:
                     for name in names:
-                        got = ab_ratios(r.ab[(layout, driver, threads)], name, threads)
+                        got = ab_ratios(r.ab[(layout, driver, threads)], name)
                         if got:
                             out.append(Verdict(name, driver, threads, layout, *got))
             elif threads in r.plan.thread_counts:
@@ -852,7 +850,7 @@ def ab_section(r: Results) -> list[str]:
     rows = []
     for (layout, driver, threads), per_slice in r.ab.items():
         for name, values in per_slice.items():
-            got = ab_ratios(per_slice, name, threads)
+            got = ab_ratios(per_slice, name)
             if not values:
                 continue
             rows.append(
@@ -982,8 +980,8 @@ def missed_text(r: Results, v: Verdict) -> str:
     head += f" {v.ratio:.2f} ({v.low:.2f}-{v.high:.2f})."
     if v.measured_in != CELLS:
         per_slice = r.ab[(v.measured_in, v.driver, v.threads)]
-        control = ab_ratios(per_slice, micro.RawPlusPython.name, v.threads)
-        again = ab_ratios(per_slice, micro.RawAgain.name, v.threads)
+        control = ab_ratios(per_slice, micro.RawPlusPython.name)
+        again = ab_ratios(per_slice, micro.RawAgain.name)
         said = f" The control got {control[0]:.2f} in the same A/B." if control else ""
         if again:
             said += f" The raw variant against itself: {again[0]:.2f}."

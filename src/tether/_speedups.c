@@ -114,9 +114,9 @@ typedef struct {
     int local_mirror; /* a threading.local's per-thread dict can be found directly */
     /* interned names */
     PyObject *s_last, *s_checkouts, *s_usable, *s_checkout, *s_record_stack, *s_checkin,
-        *s_release_slow, *s_on_proxy_collected, *s_abandon_checkout, *s_timeout, *s_acquire, *s_release,
-        *s_tether_conn, *s_tether_gen, *s_tether_base, *s_tether_unbuffered, *s_tether_open,
-        *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
+        *s_release_slow, *s_on_proxy_collected, *s_abandon_checkout, *s_timeout, *s_acquire,
+        *s_release, *s_tether_conn, *s_tether_gen, *s_tether_base, *s_tether_unbuffered,
+        *s_tether_open, *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
     PyObject *cursor_py, *execute_py; /* the Python methods, for every other call shape */
     getattrofunc proxy_getattro_hook; /* PooledConnection's own tp_getattro (calls __getattr__) */
     PyObject *zero_float;
