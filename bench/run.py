@@ -115,8 +115,8 @@ class Plan:
             breakdown_rounds=4 if quick else 30,
             profile_requests=300 if quick else 3000,
             ab_threads=[1, 4] if quick else [1, POOL_SIZE],
-            # 7 variants; a full run: 200 slices of each, 28 s per (layout, driver, threads)
-            ab_slices=70 if quick else 1400,
+            # 7 variants; a full run: 300 slices of each, 42 s per (layout, driver, threads)
+            ab_slices=70 if quick else 2100,
             ab_slice_seconds=0.01 if quick else 0.02,
             ab_layouts=[SEPARATE, SHARED] if quick else [SEPARATE, SHARED, UNPINNED],
         )

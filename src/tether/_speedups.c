@@ -600,7 +600,10 @@ truthy(PyObject *obj, Py_ssize_t off, const char *name)
     }
     return PyObject_IsTrue(v);
 }
-#define TRUTHY(obj, field) truthy((obj), S.field, #field + 2)
+/* A flag's truth. Most are False on every request: that case inline, without a call (some
+ * 90 fewer instructions per request); anything else (counts, deques, unset) in truthy(). */
+#define TRUTHY(obj, field)                                                                     \
+    (SLOT((obj), S.field) == Py_False ? 0 : truthy((obj), S.field, #field + 2))
 
 HOT_INLINE int
 same_int(PyObject *a, PyObject *b)

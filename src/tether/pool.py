@@ -1808,7 +1808,10 @@ def use_speedups(on: bool) -> bool:
     global SPEEDUPS
     table = _COMPILED if on else _PYTHON
     for (cls, name), method in table.items():
-        setattr(cls, name, method)
+        # Only what changes: assigning to a class invalidates the interpreter's caches of
+        # every look-up on it and its subclasses, even when the value is the same.
+        if cls.__dict__.get(name) is not method:
+            setattr(cls, name, method)
     SPEEDUPS = bool(on and _COMPILED)
     if _COMPILED and _drivers.speedups is not None:
         # The proxy's attribute look-up (conn.cursor and every other attribute) as well.
