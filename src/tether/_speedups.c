@@ -187,12 +187,20 @@ samples_add(Samples *s, double v)
  * bits the client library kept from the server's last reply, read without a round trip. */
 typedef char (*get_info_fn)(void *, int, void *);
 
+/* What both status readers begin with: the object they read from, kept alive with them (the
+ * only reference they hold that can be part of a cycle). One pair of garbage collector
+ * functions serves both. */
 typedef struct {
     PyObject_HEAD
+    PyObject *owner;
+} OwnerRef;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *owner; /* the driver connection that owns the handle */
     get_info_fn fn;
     void *handle;
     int key;
-    PyObject *owner; /* the driver connection that owns the handle: kept alive with it */
     vectorcallfunc vectorcall;
 } StatusReader;
 
@@ -204,9 +212,14 @@ static PyTypeObject StatusReaderType;
  * handling, twice per request. */
 typedef struct {
     PyObject_HEAD
-    PyObject *owner, *name;
+    PyObject *owner;
+    PyObject *name;
     vectorcallfunc vectorcall;
 } AttributeReader;
+
+_Static_assert(offsetof(StatusReader, owner) == offsetof(OwnerRef, owner) &&
+                   offsetof(AttributeReader, owner) == offsetof(OwnerRef, owner),
+               "both readers begin as an OwnerRef");
 
 static PyTypeObject AttributeReaderType;
 
@@ -1927,14 +1940,14 @@ reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 static int
-reader_traverse(StatusReader *r, visitproc visit, void *arg)
+owner_traverse(OwnerRef *r, visitproc visit, void *arg)
 {
     Py_VISIT(r->owner);
     return 0;
 }
 
 static int
-reader_clear(StatusReader *r)
+owner_clear(OwnerRef *r)
 {
     Py_CLEAR(r->owner);
     return 0;
@@ -1944,7 +1957,7 @@ static void
 reader_dealloc(StatusReader *r)
 {
     PyObject_GC_UnTrack(r);
-    reader_clear(r);
+    owner_clear((OwnerRef *)r);
     Py_TYPE(r)->tp_free((PyObject *)r);
 }
 
@@ -1957,9 +1970,9 @@ static PyTypeObject StatusReaderType = {
     .tp_call = PyVectorcall_Call,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "StatusReader(owner, function, handle, key)() -> the server status bits",
-    .tp_traverse = (traverseproc)reader_traverse,
+    .tp_traverse = (traverseproc)owner_traverse,
     .tp_free = PyObject_GC_Del,
-    .tp_clear = (inquiry)reader_clear,
+    .tp_clear = (inquiry)owner_clear,
     .tp_new = reader_new,
 };
 
@@ -1994,25 +2007,11 @@ attribute_reader_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)a;
 }
 
-static int
-attribute_reader_traverse(AttributeReader *a, visitproc visit, void *arg)
-{
-    Py_VISIT(a->owner);
-    return 0;
-}
-
-static int
-attribute_reader_clear(AttributeReader *a)
-{
-    Py_CLEAR(a->owner);
-    return 0;
-}
-
 static void
 attribute_reader_dealloc(AttributeReader *a)
 {
     PyObject_GC_UnTrack(a);
-    attribute_reader_clear(a);
+    owner_clear((OwnerRef *)a);
     Py_CLEAR(a->name);
     Py_TYPE(a)->tp_free((PyObject *)a);
 }
@@ -2034,9 +2033,9 @@ static PyTypeObject AttributeReaderType = {
     .tp_repr = (reprfunc)attribute_reader_repr,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL,
     .tp_doc = "AttributeReader(owner, name)() -> getattr(owner, name)",
-    .tp_traverse = (traverseproc)attribute_reader_traverse,
+    .tp_traverse = (traverseproc)owner_traverse,
     .tp_free = PyObject_GC_Del,
-    .tp_clear = (inquiry)attribute_reader_clear,
+    .tp_clear = (inquiry)owner_clear,
     .tp_new = attribute_reader_new,
 };
 

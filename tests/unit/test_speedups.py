@@ -655,12 +655,8 @@ def test_close_and_fork_empty_the_thread_cache(make_pool: Any) -> None:
 
 # ----------------------------------------------------------------- AttributeReader (PyMySQL)
 
-COMPILED = pytest.mark.skipif(
-    PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported"
-)
 
-
-@COMPILED
+@compiled_only
 def test_attribute_reader_reads_the_attribute_live() -> None:
     class Conn:
         server_status = 2
@@ -679,7 +675,7 @@ def test_attribute_reader_reads_the_attribute_live() -> None:
         _drivers.speedups.AttributeReader(conn, b"server_status")
 
 
-@COMPILED
+@compiled_only
 def test_attribute_reader_keeps_its_owner_alive_and_lets_go_of_it() -> None:
     class Conn:
         server_status = 0
@@ -706,7 +702,7 @@ class AttributeStatusDriver(FakeDriver):
         return _drivers.speedups.AttributeReader(raw, "status")
 
 
-@COMPILED
+@compiled_only
 def test_give_back_judged_on_status_read_by_attribute() -> None:
     # What the fast paths decide from the status bits, with them read through the
     # AttributeReader: a clean give-back sends nothing, an open transaction is rolled back,
