@@ -101,10 +101,8 @@ typedef struct {
         p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
         p_fast_checkouts, p_parked, p_by_thread;
     /* _Entry slots */
-    Offset e_acquired, e_broken, e_busy_since, e_checked_out_at, e_cursor_class, e_expires,
-        e_gen, e_last_active,
-        e_last_status, e_leak_reported, e_owner, e_parked, e_pid, e_fd, e_raw, e_returned_at,
-        e_session_dirty, e_spare, e_state, e_status, e_tainted, e_unbuffered;
+    Offset e_acquired, e_cursor_class, e_gen, e_last_status, e_owner, e_pid, e_fd, e_raw,
+        e_spare, e_state, e_status, e_unbuffered;
     /* PooledConnection slots */
     Offset c_entry, c_gen, c_pool, c_raw;
     /* the rest: slow paths */
@@ -119,7 +117,6 @@ typedef struct {
         *s_tether_open, *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
     PyObject *cursor_py, *execute_py; /* the Python methods, for every other call shape */
     getattrofunc proxy_getattro_hook; /* PooledConnection's own tp_getattro (calls __getattr__) */
-    PyObject *zero_float;
 } State;
 
 #if defined(__GNUC__)
@@ -137,6 +134,19 @@ typedef struct {
 } Tally;
 
 static PyTypeObject TallyType;
+
+/* _Entry's timestamps and flags, as C values in the entry itself (pool.py's _Entry extends
+ * this class; without the compiled module, a class with a slot for each). A request reads and
+ * writes them all: as slots, each timestamp was a float object of its own (a cache line
+ * apiece, cold between requests) and each read a type check; here they share the entry's
+ * first lines. Python code reads and assigns them as before (a float, a bool). */
+typedef struct {
+    PyObject_HEAD
+    double busy_since, checked_out_at, expires, last_active, returned_at;
+    char broken, leak_reported, parked, session_dirty, tainted;
+} EntryCore;
+#define CORE(entry) ((EntryCore *)(entry))
+static PyTypeObject EntryCoreType;
 
 /* Pool._by_thread: each thread's last connection of one pool, by the thread state's unique
  * id (never reused, unlike a thread ident), in a direct-mapped table. The check-out finds it
@@ -297,36 +307,6 @@ set_slot_new(PyObject *obj, Py_ssize_t off, PyObject *v)
     SLOT(obj, off) = v;
     Py_XDECREF(old);
     return 0;
-}
-
-/* Stores a float in a slot. The float already there is overwritten in place when nothing but
- * the slot holds it (a reference count of 1: no other code can see the change), which spares
- * an allocation and a deallocation per timestamp; otherwise a new one. -1 on error. */
-HOT_PATH static int
-set_double(PyObject *obj, Py_ssize_t off, double v)
-{
-#ifndef Py_GIL_DISABLED
-    PyObject *old = SLOT(obj, off);
-    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
-        ((PyFloatObject *)old)->ob_fval = v;
-        return 0;
-    }
-#endif
-    return set_slot_new(obj, off, PyFloat_FromDouble(v));
-}
-
-/* Stores 0.0 in a slot: in place as set_double() does, else the shared 0.0 (never fails). */
-HOT_PATH static void
-clear_double(PyObject *obj, Py_ssize_t off)
-{
-#ifndef Py_GIL_DISABLED
-    PyObject *old = SLOT(obj, off);
-    if (old != NULL && PyFloat_CheckExact(old) && Py_REFCNT(old) == 1) {
-        ((PyFloatObject *)old)->ob_fval = 0.0;
-        return;
-    }
-#endif
-    set_slot(obj, off, S.zero_float);
 }
 
 /* time.monotonic(): the same clock. */
@@ -674,9 +654,9 @@ toggle_parked(PyObject *pool, PyObject *entry, PyObject *state)
     if (tally == NULL || !Py_IS_TYPE(tally, &TallyType)) {
         return -1;
     }
-    int was = SLOT(entry, S.e_parked) == Py_True;
+    int was = CORE(entry)->parked;
     set_slot(entry, S.e_state, state);
-    set_slot(entry, S.e_parked, was ? Py_False : Py_True);
+    CORE(entry)->parked = !was;
     ((Tally *)tally)->n += was ? -1 : 1;
     return 0;
 }
@@ -836,7 +816,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
         int mine = owner ? owner_is(owner, ident) : -1;
         int bad = 0;
         if (mine > 0) {
-            bad = TRUTHY(last, e_tainted);
+            bad = CORE(last)->tainted;
             if (bad == 0) {
                 bad = TRUTHY(self, p_closed);
             }
@@ -972,19 +952,14 @@ own_idle(PyObject *self, PyObject *timeout)
         }
     }
 
-    double now = monotonic();
-    if (UNLIKELY(set_double(last, S.e_checked_out_at, now) < 0)) {
+    double now = monotonic(), fresh_for;
+    CORE(last)->checked_out_at = now;
+    PyObject *v = GET(self, p_fresh_for);
+    if (UNLIKELY(v == NULL || as_double(v, &fresh_for) < 0)) {
         goto error;
     }
-    double last_active, expires, fresh_for;
-    PyObject *v;
-    if (UNLIKELY((v = GET(last, e_last_active)) == NULL || as_double(v, &last_active) < 0 ||
-                 (v = GET(last, e_expires)) == NULL || as_double(v, &expires) < 0 ||
-                 (v = GET(self, p_fresh_for)) == NULL || as_double(v, &fresh_for) < 0)) {
-        goto error;
-    }
-    double idle_for = now - last_active;
-    int fine = now < expires && idle_for < fresh_for;
+    double idle_for = now - CORE(last)->last_active;
+    int fine = now < CORE(last)->expires && idle_for < fresh_for;
     if (LIKELY(fine)) {
         /* Read again: the lock call above may have let another thread run. */
         PyObject *entry_pid = GET(last, e_pid), *pool_pid_now = entry_pid ? GET(self, p_pid) : NULL;
@@ -1242,16 +1217,8 @@ checkin_slow(PyObject *pool, PyObject *entry)
 HOT_PATH static int
 entry_dirty(PyObject *pool, PyObject *entry)
 {
-    int dirty = TRUTHY(entry, e_leak_reported);
-    if (dirty == 0) {
-        dirty = TRUTHY(entry, e_session_dirty);
-    }
-    if (dirty == 0) {
-        dirty = TRUTHY(entry, e_tainted);
-    }
-    if (dirty == 0) {
-        dirty = TRUTHY(entry, e_broken);
-    }
+    EntryCore *c = CORE(entry);
+    int dirty = c->leak_reported | c->session_dirty | c->tainted | c->broken;
     if (dirty == 0) {
         dirty = TRUTHY(entry, e_unbuffered);
     }
@@ -1267,12 +1234,8 @@ entry_dirty(PyObject *pool, PyObject *entry)
 HOT_PATH static PyObject *
 release(PyObject *pool, PyObject *entry)
 {
-    double now = monotonic(), checked_out_at;
-    PyObject *v = GET(entry, e_checked_out_at);
-    if (UNLIKELY(v == NULL || as_double(v, &checked_out_at) < 0)) {
-        return NULL;
-    }
-    PyObject *holds = GET(pool, p_hold_times);
+    double now = monotonic(), checked_out_at = CORE(entry)->checked_out_at;
+    PyObject *v, *holds = GET(pool, p_hold_times);
     if (UNLIKELY(holds == NULL)) {
         return NULL;
     }
@@ -1309,10 +1272,10 @@ release(PyObject *pool, PyObject *entry)
     if (UNLIKELY((bits & mask) != clean)) {
         return release_slow(pool, entry, now);
     }
-    if (UNLIKELY(store_status(entry, bits) < 0 || set_double(entry, S.e_returned_at, now) < 0 ||
-                 set_double(entry, S.e_last_active, now) < 0)) {
+    if (UNLIKELY(store_status(entry, bits) < 0)) {
         return NULL;
     }
+    CORE(entry)->returned_at = CORE(entry)->last_active = now;
     PyObject *lock = GET(pool, p_lock);
     if (UNLIKELY(lock == NULL)) {
         return NULL;
@@ -1324,12 +1287,8 @@ release(PyObject *pool, PyObject *entry)
         return NULL;
     }
     int waiters = TRUTHY(pool, p_waiters), closed = -1;
-    double expires = 0.0;
     if (waiters == 0) {
         closed = TRUTHY(pool, p_closed);
-    }
-    if (closed == 0 && ((v = GET(entry, e_expires)) == NULL || as_double(v, &expires) < 0)) {
-        closed = -1;
     }
     if (UNLIKELY(waiters < 0 || (waiters == 0 && closed < 0))) {
         if (locked) {
@@ -1339,7 +1298,8 @@ release(PyObject *pool, PyObject *entry)
         return NULL;
     }
     /* _checkin's common case, the entry left where it is filed. */
-    int done = !waiters && !closed && now < expires && toggle_parked(pool, entry, S.idle) == 0;
+    int done = !waiters && !closed && now < CORE(entry)->expires &&
+               toggle_parked(pool, entry, S.idle) == 0;
     int released = locked ? call_lock(S.lock_release, lock) : 0;
     Py_DECREF(lock);
     if (UNLIKELY(released < 0)) {
@@ -1549,9 +1509,7 @@ usable_entry(PyObject *proxy, PyObject *known, int *error)
     if (entry == NULL || entry == Py_None || !PyObject_TypeCheck(entry, S.entry_type)) {
         return NULL;
     }
-    int broken = TRUTHY(entry, e_broken);
-    if (broken != 0) {
-        *error = broken < 0;
+    if (CORE(entry)->broken) {
         return NULL;
     }
     PyObject *raw = SLOT(entry, S.e_raw), *gen = SLOT(entry, S.e_gen);
@@ -1786,7 +1744,7 @@ execute_failed(PyObject *self, PyObject *conn, PyObject *entry, PyObject *query,
     if (tb != NULL) {
         PyException_SetTraceback(exc, tb);
     }
-    set_slot(entry, S.e_busy_since, S.zero_float);
+    CORE(entry)->busy_since = 0.0;
     PyObject *last_status = GET(entry, e_last_status);
     Py_XINCREF(last_status);
     PyObject *redo =
@@ -1857,16 +1815,14 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     Py_INCREF(entry);
     PyObject *result = NULL;
-    if (UNLIKELY(set_double(entry, S.e_busy_since, monotonic()) < 0)) {
-        goto done;
-    }
+    CORE(entry)->busy_since = monotonic();
     PyObject *call_args[3] = {self, query, params};
     result = PyObject_Vectorcall(func, call_args, 3, NULL);
     if (UNLIKELY(result == NULL)) {
         result = execute_failed(self, conn, entry, query, params);
         goto done;
     }
-    clear_double(entry, S.e_busy_since);
+    CORE(entry)->busy_since = 0.0;
     PyObject *status = GET(entry, e_status);
     if (UNLIKELY(status == NULL)) {
         Py_CLEAR(result);
@@ -2101,6 +2057,33 @@ static PyTypeObject TallyType = {
               "add to it in place",
     .tp_as_number = &tally_as_number,
     .tp_repr = (reprfunc)tally_repr,
+    .tp_new = PyType_GenericNew,
+};
+
+#define CORE_DOUBLE(name, doc) {#name, T_DOUBLE, offsetof(EntryCore, name), 0, doc}
+#define CORE_FLAG(name, doc) {#name, T_BOOL, offsetof(EntryCore, name), 0, doc}
+static PyMemberDef entry_core_members[] = {
+    CORE_DOUBLE(busy_since, "when the statement in flight was sent (0.0: none)"),
+    CORE_DOUBLE(checked_out_at, "when it was last checked out"),
+    CORE_DOUBLE(expires, "when its lifetime ends"),
+    CORE_DOUBLE(last_active, "when the server last heard from the session"),
+    CORE_DOUBLE(returned_at, "when it was last given back"),
+    CORE_FLAG(broken, "lost its connection; replaced before the next statement"),
+    CORE_FLAG(leak_reported, "reported as leaked"),
+    CORE_FLAG(parked, "left in the dict opposite to its state"),
+    CORE_FLAG(session_dirty, "the server flagged a session state change"),
+    CORE_FLAG(tainted, "used in ways that leave unknown state"),
+    {NULL},
+};
+
+static PyTypeObject EntryCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether._speedups.EntryCore",
+    .tp_basicsize = sizeof(EntryCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "EntryCore(): a pooled connection's timestamps (floats) and flags (bools), "
+              "stored as C values; the base of the pool's entry class",
+    .tp_members = entry_core_members,
     .tp_new = PyType_GenericNew,
 };
 
@@ -2393,6 +2376,10 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
                                      &cursor_py, &execute_py)) {
         return NULL;
     }
+    if (!PyType_IsSubtype(entry, &EntryCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "bind(): entry must extend tether._speedups.EntryCore");
+        return NULL;
+    }
     State s = {0};
     struct {
         PyTypeObject *type;
@@ -2416,26 +2403,16 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {pool, "leak_timeout", &s.p_leak_timeout},
         {pool, "timeout", &s.p_timeout},
         {entry, "acquired", &s.e_acquired},
-        {entry, "broken", &s.e_broken},
-        {entry, "busy_since", &s.e_busy_since},
         {entry, "cursor_class", &s.e_cursor_class},
-        {entry, "checked_out_at", &s.e_checked_out_at},
-        {entry, "expires", &s.e_expires},
         {entry, "gen", &s.e_gen},
-        {entry, "last_active", &s.e_last_active},
         {entry, "last_status", &s.e_last_status},
-        {entry, "leak_reported", &s.e_leak_reported},
         {entry, "owner", &s.e_owner},
-        {entry, "parked", &s.e_parked},
         {entry, "pid", &s.e_pid},
         {entry, "fd", &s.e_fd},
         {entry, "raw", &s.e_raw},
-        {entry, "returned_at", &s.e_returned_at},
-        {entry, "session_dirty", &s.e_session_dirty},
         {entry, "spare", &s.e_spare},
         {entry, "state", &s.e_state},
         {entry, "status", &s.e_status},
-        {entry, "tainted", &s.e_tainted},
         {entry, "unbuffered", &s.e_unbuffered},
         {proxy, "_entry", &s.c_entry},
         {proxy, "_gen", &s.c_gen},
@@ -2545,7 +2522,6 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     s.s_failed = PyUnicode_InternFromString("_failed");
     s.s_read_status = PyUnicode_InternFromString("_read_status");
     s.s_execute = PyUnicode_InternFromString("execute");
-    s.zero_float = PyFloat_FromDouble(0.0);
     s.cursor_py = Py_NewRef(cursor_py);
     s.execute_py = Py_NewRef(execute_py);
     s.s_release = PyUnicode_InternFromString("release");
@@ -2615,7 +2591,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&AttributeReaderType) < 0 ||
-        PyType_Ready(&TallyType) < 0 ||
+        PyType_Ready(&TallyType) < 0 || PyType_Ready(&EntryCoreType) < 0 ||
         PyType_Ready(&SamplesType) < 0 || PyType_Ready(&ThreadCacheType) < 0) {
         return NULL;
     }
@@ -2631,6 +2607,7 @@ PyInit__speedups(void)
     if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0 ||
         PyModule_AddObjectRef(m, "AttributeReader", (PyObject *)&AttributeReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
+        PyModule_AddObjectRef(m, "EntryCore", (PyObject *)&EntryCoreType) < 0 ||
         PyModule_AddObjectRef(m, "Samples", (PyObject *)&SamplesType) < 0 ||
         PyModule_AddObjectRef(m, "ThreadCache", (PyObject *)&ThreadCacheType) < 0 ||
         PyModule_AddStringConstant(m, "SOURCE_SHA256", TETHER_SOURCE_SHA256) < 0) {

@@ -21,6 +21,18 @@ class Tally:
     def __iadd__(self, n: int, /) -> Tally: ...
     def __isub__(self, n: int, /) -> Tally: ...
 
+class EntryCore:
+    broken: bool
+    busy_since: float
+    checked_out_at: float
+    expires: float
+    last_active: float
+    leak_reported: bool
+    parked: bool
+    returned_at: float
+    session_dirty: bool
+    tainted: bool
+
 class ThreadCache:
     def __init__(self) -> None: ...
     def clear(self) -> None: ...

@@ -30,7 +30,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import drivers as _drivers
 from .classify import ErrorKind, classify
@@ -128,36 +128,63 @@ class ServerLimits:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class _Entry:
+class _PyEntryCore:
+    """An entry's timestamps and flags: what every check-out and give-back reads and writes.
+    The compiled module's EntryCore holds the same as C values, in the entry itself (no float
+    object per timestamp, each a cache line of its own between requests); this class is the
+    layout without it."""
+
+    __slots__ = (
+        "broken",
+        "busy_since",
+        "checked_out_at",
+        "expires",
+        "last_active",
+        "leak_reported",
+        "parked",
+        "returned_at",
+        "session_dirty",
+        "tainted",
+    )
+
+    broken: bool
+    busy_since: float
+    checked_out_at: float
+    expires: float
+    last_active: float
+    leak_reported: bool
+    parked: bool
+    returned_at: float
+    session_dirty: bool
+    tainted: bool
+
+
+if TYPE_CHECKING:
+    _EntryCore = _PyEntryCore
+else:
+    _EntryCore = getattr(_drivers.speedups, "EntryCore", _PyEntryCore)
+
+
+class _Entry(_EntryCore):
     """One server connection and everything the pool knows about it."""
 
     __slots__ = (
         "acquired",
-        "broken",
-        "busy_since",
-        "checked_out_at",
         "created",
         "cursor_class",
-        "expires",
         "fd",
         "gen",
         "holder",
-        "last_active",
         "last_status",
-        "leak_reported",
         "owner",
-        "parked",
         "pid",
         "poller",
         "raw",
-        "returned_at",
-        "session_dirty",
         "session_id",
         "spare",
         "stack",
         "state",
         "status",
-        "tainted",
         "unbuffered",
         "watchdog_fired",
     )

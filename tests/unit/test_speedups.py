@@ -428,8 +428,9 @@ def test_the_fast_check_out_waits_while_another_thread_holds_the_pools_lock(
 
 
 def test_a_timestamp_read_by_other_code_is_never_changed_under_it(make_pool: Any) -> None:
-    # The compiled paths overwrite a timestamp float in place only while nothing else holds
-    # it; one that other code holds keeps its value, and the entry gets a new one.
+    # What Python code reads from an entry is a value of its own (the compiled module keeps
+    # the timestamps as C doubles): later check-outs and give-backs move the entry's on and
+    # leave the one read alone.
     pool = make_pool(max_size=1)
     with pool.connection() as conn:
         entry = conn._entry
@@ -441,6 +442,45 @@ def test_a_timestamp_read_by_other_code_is_never_changed_under_it(make_pool: Any
     assert held_out == seen_out and held_back == seen_back
     assert entry.checked_out_at > seen_out and entry.returned_at > seen_back
     assert entry.busy_since == 0.0
+
+
+def test_an_entrys_timestamps_and_flags_read_and_assign_as_floats_and_bools() -> None:
+    # The same names and types with the compiled module's EntryCore (C values) as with the
+    # pure-Python layout (slots): pool.py's code reads and assigns them one way for both.
+    core = pool_module._EntryCore
+    names = set(pool_module._PyEntryCore.__slots__)
+    assert not names & set(pool_module._Entry.__slots__)
+    entry = core()
+    for name in names:
+        want = pool_module._PyEntryCore.__annotations__[name]
+        value: Any = 12.5 if want == "float" else True
+        setattr(entry, name, value)
+        got = getattr(entry, name)
+        assert got == value and type(got) is type(value), name
+    if not PURE:
+        assert core is _drivers.speedups.EntryCore
+        assert {n for n in dir(core) if not n.startswith("_")} == names
+        with pytest.raises(TypeError):
+            entry.tainted = 1  # type: ignore[assignment]  # a flag is a bool, as in pool.py
+
+
+@pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
+def test_bind_refuses_an_entry_class_without_the_core() -> None:
+    class Entry:
+        __slots__ = ("state",)
+
+    with pytest.raises(TypeError, match="EntryCore"):
+        _drivers.speedups.bind(
+            pool=tether.Pool,
+            entry=Entry,
+            proxy=tether.PooledConnection,
+            cursor=tether.Cursor,
+            idle=pool_module.IDLE,
+            in_use=pool_module.IN_USE,
+            trusted=0.001,
+            cursor_py=tether.PooledConnection.cursor,
+            execute_py=tether.Cursor.execute,
+        )
 
 
 def test_each_thread_finds_its_own_last_connection(make_pool: Any) -> None:
