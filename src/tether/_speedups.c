@@ -23,8 +23,10 @@
  *
  * The objects are pool.py's: Pool, _Entry and PooledConnection keep their state in
  * __slots__, and bind() looks up each slot's offset once from its member descriptor (the
- * layout CPython itself uses to read a slot). The pool's lock is its threading.Lock, taken
- * through the lock type's own acquire/release.
+ * layout CPython itself uses to read a slot); the numbers among it (timestamps, flags,
+ * process ids, status bits) are C values in the classes Pool and _Entry extend here
+ * (PoolCore, EntryCore). The pool's lock is its threading.Lock, taken through the lock
+ * type's own acquire/release.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -97,12 +99,11 @@ typedef struct {
     int bound;        /* bind() was called */
     volatile pid_t current_pid; /* see after_fork_in_child() */
     /* Pool slots */
-    Offset p_clean_bits, p_closed, p_counters, p_fresh_for, p_hold_times,
-        p_leaked, p_local, p_lock, p_pid, p_release_mask, p_waiters, p_leak_timeout, p_timeout,
+    Offset p_counters, p_hold_times, p_leaked, p_local, p_lock, p_waiters, p_leak_timeout,
+        p_timeout,
         p_fast_checkouts, p_parked, p_by_thread;
     /* _Entry slots */
-    Offset e_acquired, e_cursor_class, e_gen, e_last_status, e_owner, e_pid, e_fd, e_raw,
-        e_spare, e_state, e_status, e_unbuffered;
+    Offset e_acquired, e_cursor_class, e_gen, e_owner, e_fd, e_raw, e_spare, e_state, e_status;
     /* PooledConnection slots */
     Offset c_entry, c_gen, c_pool, c_raw;
     /* the rest: slow paths */
@@ -135,18 +136,31 @@ typedef struct {
 
 static PyTypeObject TallyType;
 
-/* _Entry's timestamps and flags, as C values in the entry itself (pool.py's _Entry extends
- * this class; without the compiled module, a class with a slot for each). A request reads and
- * writes them all: as slots, each timestamp was a float object of its own (a cache line
- * apiece, cold between requests) and each read a type check; here they share the entry's
- * first lines. Python code reads and assigns them as before (a float, a bool). */
+/* The numbers a request reads and writes, as C values in the objects themselves: _Entry's
+ * timestamps, flags, process, status bits and streaming cursors (EntryCore), and the pool's
+ * process, clean bits and settings (PoolCore). pool.py's _Entry and Pool extend these
+ * classes (without the compiled module, classes with a slot for each). As slots, each
+ * timestamp was a float object of its own and each large int too (a cache line apiece, cold
+ * between requests), and every read a type check; here they share the object's first lines.
+ * Python code reads and assigns them as before (float, bool, int). */
 typedef struct {
     PyObject_HEAD
     double busy_since, checked_out_at, expires, last_active, returned_at;
+    long long pid, last_status;
+    Py_ssize_t unbuffered;
     char broken, leak_reported, parked, session_dirty, tainted;
 } EntryCore;
 #define CORE(entry) ((EntryCore *)(entry))
 static PyTypeObject EntryCoreType;
+
+typedef struct {
+    PyObject_HEAD
+    double fresh_for;
+    long long pid, release_mask, clean_bits;
+    char closed;
+} PoolCore;
+#define PCORE(pool) ((PoolCore *)(pool))
+static PyTypeObject PoolCoreType;
 
 /* Pool._by_thread: each thread's last connection of one pool, by the thread state's unique
  * id (never reused, unlike a thread ident), in a direct-mapped table. The check-out finds it
@@ -693,12 +707,8 @@ status_bits(PyObject *status, long long *out)
 HOT_PATH static int
 store_status(PyObject *entry, long long bits)
 {
-    PyObject *old = SLOT(entry, S.e_last_status);
-    long long was;
-    if (old != NULL && small_int(old, &was) && was == bits) {
-        return 0;
-    }
-    return set_slot_new(entry, S.e_last_status, PyLong_FromLongLong(bits));
+    CORE(entry)->last_status = bits;
+    return 0;
 }
 
 COLD static int
@@ -786,15 +796,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
             return positive;
         }
     }
-    PyObject *pid = GET(self, p_pid);
-    if (pid == NULL) {
-        return -1;
-    }
-    long long pool_pid;
-    if (as_ll(pid, &pool_pid) < 0) {
-        return -1;
-    }
-    if ((long long)S.current_pid != pool_pid) {
+    if ((long long)S.current_pid != PCORE(self)->pid) {
         return 0;
     }
     PyObject *lock = GET(self, p_lock);
@@ -818,7 +820,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
         if (mine > 0) {
             bad = CORE(last)->tainted;
             if (bad == 0) {
-                bad = TRUTHY(self, p_closed);
+                bad = PCORE(self)->closed;
             }
             if (bad == 0) {
                 bad = TRUTHY(self, p_leaked);
@@ -952,22 +954,11 @@ own_idle(PyObject *self, PyObject *timeout)
         }
     }
 
-    double now = monotonic(), fresh_for;
+    double now = monotonic();
     CORE(last)->checked_out_at = now;
-    PyObject *v = GET(self, p_fresh_for);
-    if (UNLIKELY(v == NULL || as_double(v, &fresh_for) < 0)) {
-        goto error;
-    }
     double idle_for = now - CORE(last)->last_active;
-    int fine = now < CORE(last)->expires && idle_for < fresh_for;
-    if (LIKELY(fine)) {
-        /* Read again: the lock call above may have let another thread run. */
-        PyObject *entry_pid = GET(last, e_pid), *pool_pid_now = entry_pid ? GET(self, p_pid) : NULL;
-        fine = pool_pid_now ? same_int(entry_pid, pool_pid_now) : -1;
-        if (UNLIKELY(fine < 0)) {
-            goto error;
-        }
-    }
+    int fine = now < CORE(last)->expires && idle_for < PCORE(self)->fresh_for &&
+               CORE(last)->pid == PCORE(self)->pid;
     if (fine && idle_for >= S.trusted) {
         int readable = socket_readable(last);
         if (UNLIKELY(readable < 0)) {
@@ -1218,16 +1209,8 @@ HOT_PATH static int
 entry_dirty(PyObject *pool, PyObject *entry)
 {
     EntryCore *c = CORE(entry);
-    int dirty = c->leak_reported | c->session_dirty | c->tainted | c->broken;
-    if (dirty == 0) {
-        dirty = TRUTHY(entry, e_unbuffered);
-    }
-    if (dirty == 0) {
-        PyObject *a = GET(entry, e_pid), *b = a ? GET(pool, p_pid) : NULL;
-        int same = b ? same_int(a, b) : -1;
-        dirty = same < 0 ? -1 : !same;
-    }
-    return dirty;
+    return (c->leak_reported | c->session_dirty | c->tainted | c->broken) != 0 ||
+           c->unbuffered != 0 || c->pid != PCORE(pool)->pid;
 }
 
 /* Pool._release(proxy, entry) for an entry already detached from its proxy. */
@@ -1263,13 +1246,11 @@ release(PyObject *pool, PyObject *entry)
      * now, say the session is clean. (Read the slot again: checking the flags may have run
      * Python code.) */
     status = GET(entry, e_status);
-    long long bits, mask, clean;
-    if (UNLIKELY(status == NULL || status_bits(status, &bits) < 0 ||
-                 (v = GET(pool, p_release_mask)) == NULL || as_ll(v, &mask) < 0 ||
-                 (v = GET(pool, p_clean_bits)) == NULL || as_ll(v, &clean) < 0)) {
+    long long bits;
+    if (UNLIKELY(status == NULL || status_bits(status, &bits) < 0)) {
         return NULL;
     }
-    if (UNLIKELY((bits & mask) != clean)) {
+    if (UNLIKELY((bits & PCORE(pool)->release_mask) != PCORE(pool)->clean_bits)) {
         return release_slow(pool, entry, now);
     }
     if (UNLIKELY(store_status(entry, bits) < 0)) {
@@ -1286,11 +1267,8 @@ release(PyObject *pool, PyObject *entry)
         Py_DECREF(lock);
         return NULL;
     }
-    int waiters = TRUTHY(pool, p_waiters), closed = -1;
-    if (waiters == 0) {
-        closed = TRUTHY(pool, p_closed);
-    }
-    if (UNLIKELY(waiters < 0 || (waiters == 0 && closed < 0))) {
+    int waiters = TRUTHY(pool, p_waiters), closed = PCORE(pool)->closed;
+    if (UNLIKELY(waiters < 0)) {
         if (locked) {
             release_keeping_error(lock);
         }
@@ -1707,16 +1685,11 @@ proxy_cursor(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject *
     }
     if (streaming > 0) {
         /* A streaming cursor: counted open until closed. */
-        PyObject *open = GET(entry, e_unbuffered);
-        PyObject *one = open ? PyLong_FromLong(1) : NULL;
-        PyObject *more = one ? PyNumber_Add(open, one) : NULL;
-        Py_XDECREF(one);
-        if (more == NULL || PyObject_SetAttr(cur, S.s_tether_open, Py_True) < 0) {
-            Py_XDECREF(more);
+        if (PyObject_SetAttr(cur, S.s_tether_open, Py_True) < 0) {
             streaming = -1;
         }
         else {
-            set_slot_new(entry, S.e_unbuffered, more);
+            CORE(entry)->unbuffered++;
         }
     }
     Py_DECREF(entry);
@@ -1745,8 +1718,7 @@ execute_failed(PyObject *self, PyObject *conn, PyObject *entry, PyObject *query,
         PyException_SetTraceback(exc, tb);
     }
     CORE(entry)->busy_since = 0.0;
-    PyObject *last_status = GET(entry, e_last_status);
-    Py_XINCREF(last_status);
+    PyObject *last_status = PyLong_FromLongLong(CORE(entry)->last_status);
     PyObject *redo =
         last_status ? PyObject_CallMethod(self, "_tether_redo", "sOO", "execute", query, params)
                     : NULL;
@@ -2073,7 +2045,34 @@ static PyMemberDef entry_core_members[] = {
     CORE_FLAG(parked, "left in the dict opposite to its state"),
     CORE_FLAG(session_dirty, "the server flagged a session state change"),
     CORE_FLAG(tainted, "used in ways that leave unknown state"),
+    {"pid", T_LONGLONG, offsetof(EntryCore, pid), 0, "the process that opened it"},
+    {"last_status", T_LONGLONG, offsetof(EntryCore, last_status), 0,
+     "the server status bits of the last reply read"},
+    {"unbuffered", T_PYSSIZET, offsetof(EntryCore, unbuffered), 0, "open streaming cursors"},
     {NULL},
+};
+
+static PyMemberDef pool_core_members[] = {
+    {"_fresh_for", T_DOUBLE, offsetof(PoolCore, fresh_for), 0,
+     "a connection idle for less is handed out without a ping"},
+    {"_pid", T_LONGLONG, offsetof(PoolCore, pid), 0, "the process the pool belongs to"},
+    {"_release_mask", T_LONGLONG, offsetof(PoolCore, release_mask), 0,
+     "the status bits a give-back looks at"},
+    {"_clean_bits", T_LONGLONG, offsetof(PoolCore, clean_bits), 0,
+     "their values for a clean session"},
+    {"_closed", T_BOOL, offsetof(PoolCore, closed), 0, "close() was called"},
+    {NULL},
+};
+
+static PyTypeObject PoolCoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "tether._speedups.PoolCore",
+    .tp_basicsize = sizeof(PoolCore),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
+    .tp_doc = "PoolCore(): what a pool's check-out and give-back read, stored as C values; "
+              "the base of tether.Pool",
+    .tp_members = pool_core_members,
+    .tp_new = PyType_GenericNew,
 };
 
 static PyTypeObject EntryCoreType = {
@@ -2081,8 +2080,8 @@ static PyTypeObject EntryCoreType = {
     .tp_name = "tether._speedups.EntryCore",
     .tp_basicsize = sizeof(EntryCore),
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "EntryCore(): a pooled connection's timestamps (floats) and flags (bools), "
-              "stored as C values; the base of the pool's entry class",
+    .tp_doc = "EntryCore(): a pooled connection's timestamps (floats), flags (bools) and counts "
+              "(ints), stored as C values; the base of the pool's entry class",
     .tp_members = entry_core_members,
     .tp_new = PyType_GenericNew,
 };
@@ -2376,8 +2375,9 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
                                      &cursor_py, &execute_py)) {
         return NULL;
     }
-    if (!PyType_IsSubtype(entry, &EntryCoreType)) {
-        PyErr_SetString(PyExc_TypeError, "bind(): entry must extend tether._speedups.EntryCore");
+    if (!PyType_IsSubtype(entry, &EntryCoreType) || !PyType_IsSubtype(pool, &PoolCoreType)) {
+        PyErr_SetString(PyExc_TypeError, "bind(): entry must extend tether._speedups.EntryCore"
+                                         " and pool tether._speedups.PoolCore");
         return NULL;
     }
     State s = {0};
@@ -2387,33 +2387,25 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         Offset *out;
     } slots[] = {
         {pool, "_by_thread", &s.p_by_thread},
-        {pool, "_clean_bits", &s.p_clean_bits},
-        {pool, "_closed", &s.p_closed},
         {pool, "_counters", &s.p_counters},
         {pool, "_fast_checkouts", &s.p_fast_checkouts},
-        {pool, "_fresh_for", &s.p_fresh_for},
         {pool, "_hold_times", &s.p_hold_times},
         {pool, "_leaked", &s.p_leaked},
         {pool, "_local", &s.p_local},
         {pool, "_lock", &s.p_lock},
         {pool, "_parked", &s.p_parked},
-        {pool, "_pid", &s.p_pid},
-        {pool, "_release_mask", &s.p_release_mask},
         {pool, "_waiters", &s.p_waiters},
         {pool, "leak_timeout", &s.p_leak_timeout},
         {pool, "timeout", &s.p_timeout},
         {entry, "acquired", &s.e_acquired},
         {entry, "cursor_class", &s.e_cursor_class},
         {entry, "gen", &s.e_gen},
-        {entry, "last_status", &s.e_last_status},
         {entry, "owner", &s.e_owner},
-        {entry, "pid", &s.e_pid},
         {entry, "fd", &s.e_fd},
         {entry, "raw", &s.e_raw},
         {entry, "spare", &s.e_spare},
         {entry, "state", &s.e_state},
         {entry, "status", &s.e_status},
-        {entry, "unbuffered", &s.e_unbuffered},
         {proxy, "_entry", &s.c_entry},
         {proxy, "_gen", &s.c_gen},
         {proxy, "_pool", &s.c_pool},
@@ -2592,6 +2584,7 @@ PyInit__speedups(void)
 {
     if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&AttributeReaderType) < 0 ||
         PyType_Ready(&TallyType) < 0 || PyType_Ready(&EntryCoreType) < 0 ||
+        PyType_Ready(&PoolCoreType) < 0 ||
         PyType_Ready(&SamplesType) < 0 || PyType_Ready(&ThreadCacheType) < 0) {
         return NULL;
     }
@@ -2608,6 +2601,7 @@ PyInit__speedups(void)
         PyModule_AddObjectRef(m, "AttributeReader", (PyObject *)&AttributeReaderType) < 0 ||
         PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
         PyModule_AddObjectRef(m, "EntryCore", (PyObject *)&EntryCoreType) < 0 ||
+        PyModule_AddObjectRef(m, "PoolCore", (PyObject *)&PoolCoreType) < 0 ||
         PyModule_AddObjectRef(m, "Samples", (PyObject *)&SamplesType) < 0 ||
         PyModule_AddObjectRef(m, "ThreadCache", (PyObject *)&ThreadCacheType) < 0 ||
         PyModule_AddStringConstant(m, "SOURCE_SHA256", TETHER_SOURCE_SHA256) < 0) {

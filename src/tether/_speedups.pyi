@@ -32,6 +32,16 @@ class EntryCore:
     returned_at: float
     session_dirty: bool
     tainted: bool
+    pid: int
+    last_status: int
+    unbuffered: int
+
+class PoolCore:
+    _fresh_for: float
+    _pid: int
+    _release_mask: int
+    _clean_bits: int
+    _closed: bool
 
 class ThreadCache:
     def __init__(self) -> None: ...

@@ -129,10 +129,10 @@ class ServerLimits:
 
 
 class _PyEntryCore:
-    """An entry's timestamps and flags: what every check-out and give-back reads and writes.
-    The compiled module's EntryCore holds the same as C values, in the entry itself (no float
-    object per timestamp, each a cache line of its own between requests); this class is the
-    layout without it."""
+    """An entry's timestamps, flags and counts: what every check-out and give-back reads and
+    writes. The compiled module's EntryCore holds the same as C values, in the entry itself
+    (no float or int object apiece, each a cache line of its own between requests); this
+    class is the layout without it."""
 
     __slots__ = (
         "broken",
@@ -140,11 +140,14 @@ class _PyEntryCore:
         "checked_out_at",
         "expires",
         "last_active",
+        "last_status",
         "leak_reported",
         "parked",
+        "pid",
         "returned_at",
         "session_dirty",
         "tainted",
+        "unbuffered",
     )
 
     broken: bool
@@ -152,17 +155,35 @@ class _PyEntryCore:
     checked_out_at: float
     expires: float
     last_active: float
+    last_status: int
     leak_reported: bool
     parked: bool
+    pid: int
     returned_at: float
     session_dirty: bool
     tainted: bool
+    unbuffered: int
+
+
+class _PyPoolCore:
+    """A pool's numbers that every check-out and give-back reads; C values in the compiled
+    module's PoolCore, as _PyEntryCore's are in EntryCore."""
+
+    __slots__ = ("_clean_bits", "_closed", "_fresh_for", "_pid", "_release_mask")
+
+    _clean_bits: int
+    _closed: bool
+    _fresh_for: float
+    _pid: int
+    _release_mask: int
 
 
 if TYPE_CHECKING:
     _EntryCore = _PyEntryCore
+    _PoolCore = _PyPoolCore
 else:
     _EntryCore = getattr(_drivers.speedups, "EntryCore", _PyEntryCore)
+    _PoolCore = getattr(_drivers.speedups, "PoolCore", _PyPoolCore)
 
 
 class _Entry(_EntryCore):
@@ -175,9 +196,7 @@ class _Entry(_EntryCore):
         "fd",
         "gen",
         "holder",
-        "last_status",
         "owner",
-        "pid",
         "poller",
         "raw",
         "session_id",
@@ -185,7 +204,6 @@ class _Entry(_EntryCore):
         "stack",
         "state",
         "status",
-        "unbuffered",
         "watchdog_fired",
     )
 
@@ -264,7 +282,7 @@ class _Waiter:
         self.lock.acquire()
 
 
-class Pool:
+class Pool(_PoolCore):
     """A bounded pool of MySQL/MariaDB connections.
 
     ``with pool.connection() as conn:`` hands out a DB-API connection (a proxy for it) that
@@ -272,16 +290,14 @@ class Pool:
     """
 
     # What check-out and give-back read on every call lives in slots, at fixed offsets (the
-    # optional compiled fast paths read them there); everything else in the instance dict.
+    # optional compiled fast paths read them there), its numbers in _PoolCore; everything
+    # else in the instance dict.
     __slots__ = (
         "__dict__",
         "__weakref__",
         "_by_thread",
-        "_clean_bits",
-        "_closed",
         "_counters",
         "_fast_checkouts",
-        "_fresh_for",
         "_hold_times",
         "_idle",
         "_in_use",
@@ -289,8 +305,6 @@ class Pool:
         "_local",
         "_lock",
         "_parked",
-        "_pid",
-        "_release_mask",
         "_waiters",
         "leak_timeout",
         "timeout",

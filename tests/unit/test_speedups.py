@@ -138,10 +138,11 @@ def _name() -> str:
     return sys._getframe(1).f_code.co_name
 
 
-@pytest.mark.parametrize("attribute", ["_fresh_for", "_pid", "_lock"])
+@pytest.mark.parametrize("attribute", ["_leaked", "_lock"])
 def test_a_deleted_pool_attribute_is_named_in_the_error(make_pool: Any, attribute: str) -> None:
     # The compiled paths read the pool's slots directly: one that is gone is an
-    # AttributeError naming it, as in Python, never a crash or a silent default; and a
+    # AttributeError naming it, as in Python, never a crash or a silent default (its
+    # numbers, in PoolCore, cannot be deleted: a TypeError, tested below); and a
     # check-out that fails that way after taking its connection gives up the slot (the
     # pool of one serves the next check-out at once).
     pool = make_pool(max_size=1, timeout=2)
@@ -444,24 +445,34 @@ def test_a_timestamp_read_by_other_code_is_never_changed_under_it(make_pool: Any
     assert entry.busy_since == 0.0
 
 
-def test_an_entrys_timestamps_and_flags_read_and_assign_as_floats_and_bools() -> None:
-    # The same names and types with the compiled module's EntryCore (C values) as with the
+@pytest.mark.parametrize(
+    ("core", "python", "cls"),
+    [("_EntryCore", "_PyEntryCore", "_Entry"), ("_PoolCore", "_PyPoolCore", "Pool")],
+)
+def test_the_numbers_a_request_reads_are_floats_bools_and_ints_either_way(
+    core: str, python: str, cls: str
+) -> None:
+    # The same names and types with the compiled module's cores (C values) as with the
     # pure-Python layout (slots): pool.py's code reads and assigns them one way for both.
-    core = pool_module._EntryCore
-    names = set(pool_module._PyEntryCore.__slots__)
-    assert not names & set(pool_module._Entry.__slots__)
-    entry = core()
+    made, layout = getattr(pool_module, core), getattr(pool_module, python)
+    names = set(layout.__slots__)
+    assert not names & set(getattr(pool_module, cls).__slots__)
+    obj = made()
+    samples = {"float": 12.5, "bool": True, "int": 4_000_000_123}
     for name in names:
-        want = pool_module._PyEntryCore.__annotations__[name]
-        value: Any = 12.5 if want == "float" else True
-        setattr(entry, name, value)
-        got = getattr(entry, name)
+        value = samples[layout.__annotations__[name]]
+        setattr(obj, name, value)
+        got = getattr(obj, name)
         assert got == value and type(got) is type(value), name
     if not PURE:
-        assert core is _drivers.speedups.EntryCore
-        assert {n for n in dir(core) if not n.startswith("_")} == names
+        assert made is getattr(_drivers.speedups, core.lstrip("_"))
+        members = {n for n, v in vars(made).items() if type(v).__name__ == "member_descriptor"}
+        assert members == names
+        flag = next(n for n in names if layout.__annotations__[n] == "bool")
         with pytest.raises(TypeError):
-            entry.tainted = 1  # type: ignore[assignment]  # a flag is a bool, as in pool.py
+            setattr(obj, flag, 1)  # a flag is a bool, as pool.py assigns it
+        with pytest.raises(TypeError):
+            delattr(obj, flag)
 
 
 @pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
@@ -469,7 +480,7 @@ def test_bind_refuses_an_entry_class_without_the_core() -> None:
     class Entry:
         __slots__ = ("state",)
 
-    with pytest.raises(TypeError, match="EntryCore"):
+    with pytest.raises(TypeError, match=r"EntryCore.*PoolCore"):
         _drivers.speedups.bind(
             pool=tether.Pool,
             entry=Entry,
