@@ -103,7 +103,7 @@ typedef struct {
         p_timeout,
         p_fast_checkouts, p_parked, p_by_thread;
     /* _Entry slots */
-    Offset e_acquired, e_cursor_class, e_gen, e_owner, e_fd, e_raw, e_spare, e_state, e_status;
+    Offset e_acquired, e_cursor_class, e_gen, e_fd, e_raw, e_spare, e_state, e_status;
     /* PooledConnection slots */
     Offset c_entry, c_gen, c_pool, c_raw;
     /* the rest: slow paths */
@@ -148,8 +148,11 @@ typedef struct {
     double busy_since, checked_out_at, expires, last_active, returned_at;
     long long pid, last_status;
     Py_ssize_t unbuffered;
+    unsigned long long owner; /* the owner's thread ident, or minus a negative one */
+    char owner_kind;          /* OWNER_NONE (owner is None), OWNER_IDENT or OWNER_NEGATIVE */
     char broken, leak_reported, parked, session_dirty, tainted;
 } EntryCore;
+enum { OWNER_NONE, OWNER_IDENT, OWNER_NEGATIVE };
 #define CORE(entry) ((EntryCore *)(entry))
 static PyTypeObject EntryCoreType;
 
@@ -554,37 +557,6 @@ as_ll(PyObject *v, long long *out)
     return *out == -1 && PyErr_Occurred() ? -1 : 0;
 }
 
-/* entry.owner == threading.get_ident() without making an int: -1 if an error is set. */
-HOT_PATH static int
-owner_is(PyObject *owner, unsigned long ident)
-{
-    if (!PyLong_Check(owner)) {
-        if (owner == Py_None) {
-            return 0;
-        }
-        PyObject *me = PyLong_FromUnsignedLong(ident);
-        if (me == NULL) {
-            return -1;
-        }
-        int r = PyObject_RichCompareBool(owner, me, Py_EQ);
-        Py_DECREF(me);
-        return r;
-    }
-    long long small;
-    if (small_int(owner, &small)) {
-        return small >= 0 && (unsigned long long)small == ident;
-    }
-    unsigned long v = PyLong_AsUnsignedLong(owner);
-    if (v == (unsigned long)-1 && PyErr_Occurred()) {
-        if (!PyErr_ExceptionMatches(PyExc_OverflowError)) {
-            return -1;
-        }
-        PyErr_Clear(); /* negative (a reclaimed connection's -1): not this thread */
-        return 0;
-    }
-    return v == ident;
-}
-
 HOT_PATH static int
 truthy(PyObject *obj, Py_ssize_t off, const char *name)
 {
@@ -814,8 +786,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
      * another thread may have taken this connection (at the bound) and given it back since
      * this thread last used it. */
     if (SLOT(last, S.e_state) == S.idle) {
-        PyObject *owner = GET(last, e_owner);
-        int mine = owner ? owner_is(owner, ident) : -1;
+        int mine = CORE(last)->owner_kind == OWNER_IDENT && CORE(last)->owner == ident;
         int bad = 0;
         if (mine > 0) {
             bad = CORE(last)->tainted;
@@ -826,7 +797,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
                 bad = TRUTHY(self, p_leaked);
             }
         }
-        if (mine < 0 || bad < 0) {
+        if (bad < 0) {
             if (locked) {
                 release_keeping_error(lock);
             }
@@ -1218,7 +1189,7 @@ HOT_PATH static PyObject *
 release(PyObject *pool, PyObject *entry)
 {
     double now = monotonic(), checked_out_at = CORE(entry)->checked_out_at;
-    PyObject *v, *holds = GET(pool, p_hold_times);
+    PyObject *holds = GET(pool, p_hold_times);
     if (UNLIKELY(holds == NULL)) {
         return NULL;
     }
@@ -2075,6 +2046,63 @@ static PyTypeObject PoolCoreType = {
     .tp_new = PyType_GenericNew,
 };
 
+/* EntryCore.owner: the last borrower's thread ident, None, or a negative int (-1: reclaimed
+ * from a thread that ended), as pool.py assigns it; kept as a C value. */
+static PyObject *
+entry_core_get_owner(EntryCore *c, void *closure)
+{
+    switch (c->owner_kind) {
+    case OWNER_IDENT:
+        return PyLong_FromUnsignedLongLong(c->owner);
+    case OWNER_NEGATIVE:
+        return PyLong_FromLongLong(-(long long)c->owner);
+    default:
+        Py_RETURN_NONE;
+    }
+}
+
+static int
+entry_core_set_owner(EntryCore *c, PyObject *v, void *closure)
+{
+    if (v == NULL) {
+        PyErr_SetString(PyExc_TypeError, "owner cannot be deleted (assign None)");
+        return -1;
+    }
+    if (v == Py_None) {
+        c->owner_kind = OWNER_NONE;
+        c->owner = 0;
+        return 0;
+    }
+    if (!PyLong_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "owner must be a thread ident (int) or None, not %.100s",
+                     Py_TYPE(v)->tp_name);
+        return -1;
+    }
+    int overflow;
+    long long n = PyLong_AsLongLongAndOverflow(v, &overflow);
+    if (n == -1 && PyErr_Occurred()) {
+        return -1;
+    }
+    if (overflow == 0 && n < 0 && n != LLONG_MIN) {
+        c->owner_kind = OWNER_NEGATIVE;
+        c->owner = (unsigned long long)-n;
+        return 0;
+    }
+    unsigned long long u = PyLong_AsUnsignedLongLong(v);
+    if (u == (unsigned long long)-1 && PyErr_Occurred()) {
+        return -1; /* below LLONG_MIN + 1, or above the largest ident: OverflowError */
+    }
+    c->owner_kind = OWNER_IDENT;
+    c->owner = u;
+    return 0;
+}
+
+static PyGetSetDef entry_core_getset[] = {
+    {"owner", (getter)entry_core_get_owner, (setter)entry_core_set_owner,
+     "the thread ident of the last borrower (None: none yet; -1: reclaimed)", NULL},
+    {NULL},
+};
+
 static PyTypeObject EntryCoreType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "tether._speedups.EntryCore",
@@ -2083,6 +2111,7 @@ static PyTypeObject EntryCoreType = {
     .tp_doc = "EntryCore(): a pooled connection's timestamps (floats), flags (bools) and counts "
               "(ints), stored as C values; the base of the pool's entry class",
     .tp_members = entry_core_members,
+    .tp_getset = entry_core_getset,
     .tp_new = PyType_GenericNew,
 };
 
@@ -2400,7 +2429,6 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
         {entry, "acquired", &s.e_acquired},
         {entry, "cursor_class", &s.e_cursor_class},
         {entry, "gen", &s.e_gen},
-        {entry, "owner", &s.e_owner},
         {entry, "fd", &s.e_fd},
         {entry, "raw", &s.e_raw},
         {entry, "spare", &s.e_spare},

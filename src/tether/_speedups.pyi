@@ -35,6 +35,7 @@ class EntryCore:
     pid: int
     last_status: int
     unbuffered: int
+    owner: int | None
 
 class PoolCore:
     _fresh_for: float

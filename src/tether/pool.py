@@ -142,6 +142,7 @@ class _PyEntryCore:
         "last_active",
         "last_status",
         "leak_reported",
+        "owner",
         "parked",
         "pid",
         "returned_at",
@@ -157,6 +158,7 @@ class _PyEntryCore:
     last_active: float
     last_status: int
     leak_reported: bool
+    owner: int | None  # thread ident of the last borrower; -1: reclaimed
     parked: bool
     pid: int
     returned_at: float
@@ -196,7 +198,6 @@ class _Entry(_EntryCore):
         "fd",
         "gen",
         "holder",
-        "owner",
         "poller",
         "raw",
         "session_id",
@@ -235,7 +236,7 @@ class _Entry(_EntryCore):
         # Filed in the dict opposite to its state (IDLE in _in_use, IN_USE in _idle): left
         # there by a fast check-out or give-back, until Pool._settle_locked() files it.
         self.parked = False
-        self.owner: int | None = None  # thread ident of the last borrower
+        self.owner = None
         self.holder: threading.Thread | None = None
         self.acquired: tuple[Any, int] | None = None  # (code, instruction offset)
         self.stack: traceback.StackSummary | None = None

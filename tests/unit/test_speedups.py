@@ -458,7 +458,7 @@ def test_the_numbers_a_request_reads_are_floats_bools_and_ints_either_way(
     names = set(layout.__slots__)
     assert not names & set(getattr(pool_module, cls).__slots__)
     obj = made()
-    samples = {"float": 12.5, "bool": True, "int": 4_000_000_123}
+    samples = {"float": 12.5, "bool": True, "int": 4_000_000_123, "int | None": 140_000_000_123}
     for name in names:
         value = samples[layout.__annotations__[name]]
         setattr(obj, name, value)
@@ -466,13 +466,26 @@ def test_the_numbers_a_request_reads_are_floats_bools_and_ints_either_way(
         assert got == value and type(got) is type(value), name
     if not PURE:
         assert made is getattr(_drivers.speedups, core.lstrip("_"))
-        members = {n for n, v in vars(made).items() if type(v).__name__ == "member_descriptor"}
+        kinds = ("member_descriptor", "getset_descriptor")
+        members = {n for n, v in vars(made).items() if type(v).__name__ in kinds}
         assert members == names
         flag = next(n for n in names if layout.__annotations__[n] == "bool")
         with pytest.raises(TypeError):
             setattr(obj, flag, 1)  # a flag is a bool, as pool.py assigns it
         with pytest.raises(TypeError):
             delattr(obj, flag)
+
+
+def test_an_entrys_owner_is_a_thread_ident_none_or_negative_either_way() -> None:
+    entry = pool_module._EntryCore()
+    for owner in (None, threading.get_ident(), -1, 0, 2**64 - 1, None):
+        entry.owner = owner
+        assert entry.owner == owner
+    for bad, error in ((2**64, OverflowError), (-(2**63), OverflowError), ("1", TypeError)):
+        if PURE:
+            continue  # a slot takes anything; pool.py assigns only the above
+        with pytest.raises(error):
+            entry.owner = bad  # type: ignore[assignment]
 
 
 @pytest.mark.skipif(PURE or not CPYTHON_311, reason="compiled paths switched off or unsupported")
