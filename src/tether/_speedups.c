@@ -101,7 +101,7 @@ typedef struct {
     /* Pool slots */
     Offset p_counters, p_hold_times, p_leaked, p_local, p_lock, p_waiters, p_leak_timeout,
         p_timeout,
-        p_fast_checkouts, p_parked, p_by_thread;
+        p_by_thread;
     /* _Entry slots */
     Offset e_acquired, e_cursor_class, e_gen, e_fd, e_raw, e_spare, e_state, e_status;
     /* PooledConnection slots */
@@ -112,7 +112,7 @@ typedef struct {
     PyTypeObject *local_type, *local_dummy_type; /* threading.local and its per-thread holder */
     int local_mirror; /* a threading.local's per-thread dict can be found directly */
     /* interned names */
-    PyObject *s_last, *s_checkouts, *s_usable, *s_checkout, *s_record_stack, *s_checkin,
+    PyObject *s_last, *s_usable, *s_checkout, *s_record_stack, *s_checkin,
         *s_release_slow, *s_on_proxy_collected, *s_abandon_checkout, *s_timeout, *s_acquire,
         *s_release, *s_tether_conn, *s_tether_gen, *s_tether_base, *s_tether_unbuffered,
         *s_tether_open, *s_tether_run, *s_tether_redo, *s_failed, *s_read_status, *s_execute;
@@ -125,16 +125,6 @@ static State S __attribute__((aligned(64)));
 #else
 static State S;
 #endif
-
-/* A counter the compiled paths add to under the pool's lock (Pool._fast_checkouts,
- * Pool._parked): one C integer instead of a read, an addition and a store of a Python int.
- * Python code reads it with int() or bool() and adds to it in place (+=, -=). */
-typedef struct {
-    PyObject_HEAD
-    long long n;
-} Tally;
-
-static PyTypeObject TallyType;
 
 /* The numbers a request reads and writes, as C values in the objects themselves: _Entry's
  * timestamps, flags, process, status bits and streaming cursors (EntryCore), and the pool's
@@ -160,6 +150,7 @@ typedef struct {
     PyObject_HEAD
     double fresh_for;
     long long pid, release_mask, clean_bits;
+    Py_ssize_t fast_checkouts, parked; /* added to under the pool's lock */
     char closed;
 } PoolCore;
 #define PCORE(pool) ((PoolCore *)(pool))
@@ -593,58 +584,16 @@ same_int(PyObject *a, PyObject *b)
     return PyObject_RichCompareBool(a, b, Py_EQ);
 }
 
-/* self._counters[name] += 1 */
-static int
-count(PyObject *pool, PyObject *name)
-{
-    PyObject *counters = GET(pool, p_counters);
-    if (counters == NULL) {
-        return -1;
-    }
-    PyObject *old = PyObject_GetItem(counters, name);
-    if (old == NULL) {
-        return -1;
-    }
-    PyObject *one = PyLong_FromLong(1);
-    PyObject *new = one ? PyNumber_Add(old, one) : NULL;
-    Py_DECREF(old);
-    Py_XDECREF(one);
-    if (new == NULL) {
-        return -1;
-    }
-    int r = PyObject_SetItem(counters, name, new);
-    Py_DECREF(new);
-    return r;
-}
-
-/* A check-out counted: in the pool's Tally when it has one, else in its counters dict. */
-HOT_PATH static int
-count_checkout(PyObject *pool)
-{
-    PyObject *tally = SLOT(pool, S.p_fast_checkouts);
-    if (tally != NULL && Py_IS_TYPE(tally, &TallyType)) {
-        ((Tally *)tally)->n++;
-        return 0;
-    }
-    return count(pool, S.s_checkouts);
-}
-
 /* A fast path's change of the entry's state between idle and in use, the entry left in the
  * dict it is filed in: parked if it was filed by its state, filed if it was parked
- * (Pool._toggle_parked_locked). Runs no Python code. 0, or -1 when the pool's counter is not
- * a Tally: then the caller takes the Python path, which files entries itself. */
-HOT_PATH static int
+ * (Pool._toggle_parked_locked). Runs no Python code. */
+HOT_PATH static void
 toggle_parked(PyObject *pool, PyObject *entry, PyObject *state)
 {
-    PyObject *tally = SLOT(pool, S.p_parked);
-    if (tally == NULL || !Py_IS_TYPE(tally, &TallyType)) {
-        return -1;
-    }
     int was = CORE(entry)->parked;
     set_slot(entry, S.e_state, state);
     CORE(entry)->parked = !was;
-    ((Tally *)tally)->n += was ? -1 : 1;
-    return 0;
+    PCORE(pool)->parked += was ? -1 : 1;
 }
 
 /* The server status bits of the entry's last reply: its StatusReader read directly (no call
@@ -804,15 +753,9 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
             Py_DECREF(lock);
             return -1;
         }
-        if (mine && !bad && toggle_parked(self, last, S.in_use) == 0) {
-            if (count_checkout(self) < 0) {
-                toggle_parked(self, last, S.idle); /* not taken after all */
-                if (locked) {
-                    release_keeping_error(lock);
-                }
-                Py_DECREF(lock);
-                return -1;
-            }
+        if (mine && !bad) {
+            toggle_parked(self, last, S.in_use);
+            PCORE(self)->fast_checkouts++;
             take = 1;
         }
     }
@@ -1247,8 +1190,10 @@ release(PyObject *pool, PyObject *entry)
         return NULL;
     }
     /* _checkin's common case, the entry left where it is filed. */
-    int done = !waiters && !closed && now < CORE(entry)->expires &&
-               toggle_parked(pool, entry, S.idle) == 0;
+    int done = !waiters && !closed && now < CORE(entry)->expires;
+    if (done) {
+        toggle_parked(pool, entry, S.idle);
+    }
     int released = locked ? call_lock(S.lock_release, lock) : 0;
     Py_DECREF(lock);
     if (UNLIKELY(released < 0)) {
@@ -1938,71 +1883,6 @@ static PyTypeObject AttributeReaderType = {
     .tp_new = attribute_reader_new,
 };
 
-static PyObject *
-tally_int(Tally *t)
-{
-    return PyLong_FromLongLong(t->n);
-}
-
-static int
-tally_bool(Tally *t)
-{
-    return t->n != 0;
-}
-
-/* tally += n, tally -= n: in place, the same object. */
-static PyObject *
-tally_add(PyObject *self, PyObject *other, int sign)
-{
-    if (!Py_IS_TYPE(self, &TallyType) || !PyLong_Check(other)) {
-        Py_RETURN_NOTIMPLEMENTED;
-    }
-    long long v = PyLong_AsLongLong(other);
-    if (v == -1 && PyErr_Occurred()) {
-        return NULL;
-    }
-    ((Tally *)self)->n += sign * v;
-    return Py_NewRef(self);
-}
-
-static PyObject *
-tally_iadd(PyObject *self, PyObject *other)
-{
-    return tally_add(self, other, 1);
-}
-
-static PyObject *
-tally_isub(PyObject *self, PyObject *other)
-{
-    return tally_add(self, other, -1);
-}
-
-static PyNumberMethods tally_as_number = {
-    .nb_bool = (inquiry)tally_bool,
-    .nb_int = (unaryfunc)tally_int,
-    .nb_index = (unaryfunc)tally_int,
-    .nb_inplace_add = tally_iadd,
-    .nb_inplace_subtract = tally_isub,
-};
-
-static PyObject *
-tally_repr(Tally *t)
-{
-    return PyUnicode_FromFormat("<Tally %lld>", t->n);
-}
-
-static PyTypeObject TallyType = {
-    PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "tether._speedups.Tally",
-    .tp_basicsize = sizeof(Tally),
-    .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Tally(): a counter the compiled paths add to; int(tally) reads it, += and -= "
-              "add to it in place",
-    .tp_as_number = &tally_as_number,
-    .tp_repr = (reprfunc)tally_repr,
-    .tp_new = PyType_GenericNew,
-};
-
 #define CORE_DOUBLE(name, doc) {#name, T_DOUBLE, offsetof(EntryCore, name), 0, doc}
 #define CORE_FLAG(name, doc) {#name, T_BOOL, offsetof(EntryCore, name), 0, doc}
 static PyMemberDef entry_core_members[] = {
@@ -2032,6 +1912,9 @@ static PyMemberDef pool_core_members[] = {
     {"_clean_bits", T_LONGLONG, offsetof(PoolCore, clean_bits), 0,
      "their values for a clean session"},
     {"_closed", T_BOOL, offsetof(PoolCore, closed), 0, "close() was called"},
+    {"_fast_checkouts", T_PYSSIZET, offsetof(PoolCore, fast_checkouts), 0,
+     "check-outs the compiled paths counted (the rest are in the counters)"},
+    {"_parked", T_PYSSIZET, offsetof(PoolCore, parked), 0, "how many entries are parked"},
     {NULL},
 };
 
@@ -2417,12 +2300,10 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     } slots[] = {
         {pool, "_by_thread", &s.p_by_thread},
         {pool, "_counters", &s.p_counters},
-        {pool, "_fast_checkouts", &s.p_fast_checkouts},
         {pool, "_hold_times", &s.p_hold_times},
         {pool, "_leaked", &s.p_leaked},
         {pool, "_local", &s.p_local},
         {pool, "_lock", &s.p_lock},
-        {pool, "_parked", &s.p_parked},
         {pool, "_waiters", &s.p_waiters},
         {pool, "leak_timeout", &s.p_leak_timeout},
         {pool, "timeout", &s.p_timeout},
@@ -2522,7 +2403,6 @@ bind(PyObject *module, PyObject *args, PyObject *kwds)
     s.zero = PyLong_FromLong(0);
     s.trusted = trusted;
     s.s_last = PyUnicode_InternFromString("last");
-    s.s_checkouts = PyUnicode_InternFromString("checkouts");
     s.s_usable = PyUnicode_InternFromString("_usable");
     s.s_checkout = PyUnicode_InternFromString("_checkout");
     s.s_record_stack = PyUnicode_InternFromString("_record_stack");
@@ -2611,7 +2491,7 @@ PyMODINIT_FUNC
 PyInit__speedups(void)
 {
     if (PyType_Ready(&StatusReaderType) < 0 || PyType_Ready(&AttributeReaderType) < 0 ||
-        PyType_Ready(&TallyType) < 0 || PyType_Ready(&EntryCoreType) < 0 ||
+        PyType_Ready(&EntryCoreType) < 0 ||
         PyType_Ready(&PoolCoreType) < 0 ||
         PyType_Ready(&SamplesType) < 0 || PyType_Ready(&ThreadCacheType) < 0) {
         return NULL;
@@ -2627,7 +2507,6 @@ PyInit__speedups(void)
     }
     if (PyModule_AddObjectRef(m, "StatusReader", (PyObject *)&StatusReaderType) < 0 ||
         PyModule_AddObjectRef(m, "AttributeReader", (PyObject *)&AttributeReaderType) < 0 ||
-        PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0 ||
         PyModule_AddObjectRef(m, "EntryCore", (PyObject *)&EntryCoreType) < 0 ||
         PyModule_AddObjectRef(m, "PoolCore", (PyObject *)&PoolCoreType) < 0 ||
         PyModule_AddObjectRef(m, "Samples", (PyObject *)&SamplesType) < 0 ||

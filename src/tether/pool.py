@@ -81,13 +81,6 @@ def _samples() -> Samples:
     return deque(maxlen=SAMPLES)
 
 
-def _parked_count() -> Any:
-    """A count of parked entries (Pool._settle_locked) starting at 0: a C counter when the
-    compiled module is there (its fast paths add to it in place), else an int. Both take
-    ``+=``, ``-=`` and ``bool()``."""
-    return _drivers.speedups.Tally() if _drivers.speedups is not None else 0
-
-
 def _thread_cache() -> Any:
     """Each thread's last connection, for the compiled check-out only (a cache in front of
     ``Pool._local``, which stays the record): None without the compiled module."""
@@ -171,11 +164,21 @@ class _PyPoolCore:
     """A pool's numbers that every check-out and give-back reads; C values in the compiled
     module's PoolCore, as _PyEntryCore's are in EntryCore."""
 
-    __slots__ = ("_clean_bits", "_closed", "_fresh_for", "_pid", "_release_mask")
+    __slots__ = (
+        "_clean_bits",
+        "_closed",
+        "_fast_checkouts",
+        "_fresh_for",
+        "_parked",
+        "_pid",
+        "_release_mask",
+    )
 
     _clean_bits: int
     _closed: bool
+    _fast_checkouts: int
     _fresh_for: float
+    _parked: int
     _pid: int
     _release_mask: int
 
@@ -298,14 +301,12 @@ class Pool(_PoolCore):
         "__weakref__",
         "_by_thread",
         "_counters",
-        "_fast_checkouts",
         "_hold_times",
         "_idle",
         "_in_use",
         "_leaked",
         "_local",
         "_lock",
-        "_parked",
         "_waiters",
         "leak_timeout",
         "timeout",
@@ -422,7 +423,7 @@ class Pool(_PoolCore):
         # the one filed last, as a rule the most recently returned.
         self._idle: dict[_Entry, None] = {}
         self._in_use: dict[_Entry, None] = {}
-        self._parked = _parked_count()  # how many entries are parked
+        self._parked = 0  # how many entries are parked
         self._waiters: deque[_Waiter] = deque()
         self._size = 0  # open + opening connections, never above max_size
         self._opening = 0
@@ -460,7 +461,7 @@ class Pool(_PoolCore):
             0,
         )
         # Check-outs counted by the compiled fast path (one C integer; stats() adds them in).
-        self._fast_checkouts = _drivers.speedups.Tally() if _drivers.speedups is not None else None
+        self._fast_checkouts = 0  # check-outs the compiled paths counted
         self._closed_by: dict[str, int] = {}
         self._wait_times = _samples()
         self._hold_times = _samples()
@@ -614,8 +615,7 @@ class Pool(_PoolCore):
         with self._lock:
             self._settle_locked()
             counters = dict(self._counters)
-            if self._fast_checkouts is not None:
-                counters["checkouts"] += int(self._fast_checkouts)
+            counters["checkouts"] += self._fast_checkouts
             return PoolStats(
                 name=self.name,
                 max_size=self.max_size,
@@ -1654,7 +1654,7 @@ class Pool(_PoolCore):
         entries = list(self._idle) + list(self._in_use)
         self._idle = {}
         self._in_use = {}
-        self._parked = _parked_count()
+        self._parked = 0
         self._waiters = deque()
         self._size = self._opening = 0
         self._pid = os.getpid()
