@@ -489,21 +489,6 @@ release_keeping_error(PyObject *lock)
     return -1;
 }
 
-HOT_INLINE int
-as_double(PyObject *v, double *out)
-{
-    if (PyFloat_CheckExact(v)) {
-        *out = PyFloat_AS_DOUBLE(v); /* the common case, without a call into the runtime */
-        return 0;
-    }
-    double d = PyFloat_AsDouble(v);
-    if (d == -1.0 && PyErr_Occurred()) {
-        return -1;
-    }
-    *out = d;
-    return 0;
-}
-
 /* An exact int of at most two digits (|v| < 2**60: pids, thread idents, status bits and
  * masks, counts), read inline from CPython 3.11's representation: the call into the runtime
  * (PyLong_AsLong and kin, each a separate stretch of code, cold between requests) costs
@@ -623,15 +608,6 @@ status_bits(PyObject *status, long long *out)
     return r;
 }
 
-/* entry.last_status = bits, keeping the int already there when it has that value (the
- * common case: the same bits reply after reply). */
-HOT_PATH static int
-store_status(PyObject *entry, long long bits)
-{
-    CORE(entry)->last_status = bits;
-    return 0;
-}
-
 COLD static int
 not_bound(void)
 {
@@ -737,7 +713,7 @@ take_own(PyObject *self, PyObject *last, PyObject *timeout, unsigned long ident)
     if (SLOT(last, S.e_state) == S.idle) {
         int mine = CORE(last)->owner_kind == OWNER_IDENT && CORE(last)->owner == ident;
         int bad = 0;
-        if (mine > 0) {
+        if (mine) {
             bad = CORE(last)->tainted;
             if (bad == 0) {
                 bad = PCORE(self)->closed;
@@ -1118,7 +1094,7 @@ checkin_slow(PyObject *pool, PyObject *entry)
 
 /* Whether a checked-out entry needs the slow give-back whatever its status bits say: a
  * reported leak, a changed session, tainted, broken, a streaming cursor open, another
- * process's. 1 yes, 0 no, -1 an error. */
+ * process's. 1 yes, 0 no; C values only, so no error and no Python code. */
 HOT_PATH static int
 entry_dirty(PyObject *pool, PyObject *entry)
 {
@@ -1149,27 +1125,19 @@ release(PyObject *pool, PyObject *entry)
     if (UNLIKELY(status == Py_None || SLOT(entry, S.e_state) != S.in_use)) {
         return release_slow(pool, entry, now);
     }
-    int dirty = entry_dirty(pool, entry);
-    if (UNLIKELY(dirty < 0)) {
-        return NULL;
-    }
-    if (UNLIKELY(dirty)) {
+    if (UNLIKELY(entry_dirty(pool, entry))) {
         return release_slow(pool, entry, now);
     }
     /* The common case, with no round trip: the status bits of the server's last reply, read
-     * now, say the session is clean. (Read the slot again: checking the flags may have run
-     * Python code.) */
-    status = GET(entry, e_status);
+     * now, say the session is clean. */
     long long bits;
-    if (UNLIKELY(status == NULL || status_bits(status, &bits) < 0)) {
+    if (UNLIKELY(status_bits(status, &bits) < 0)) {
         return NULL;
     }
     if (UNLIKELY((bits & PCORE(pool)->release_mask) != PCORE(pool)->clean_bits)) {
         return release_slow(pool, entry, now);
     }
-    if (UNLIKELY(store_status(entry, bits) < 0)) {
-        return NULL;
-    }
+    CORE(entry)->last_status = bits;
     CORE(entry)->returned_at = CORE(entry)->last_active = now;
     PyObject *lock = GET(pool, p_lock);
     if (UNLIKELY(lock == NULL)) {
@@ -1718,10 +1686,11 @@ cursor_execute(PyObject *self, PyObject *const *args, Py_ssize_t nargs, PyObject
     }
     if (LIKELY(status != Py_None)) {
         long long b;
-        if (UNLIKELY(status_bits(status, &b) < 0 || store_status(entry, b) < 0)) {
+        if (UNLIKELY(status_bits(status, &b) < 0)) {
             Py_CLEAR(result);
             goto done;
         }
+        CORE(entry)->last_status = b;
         if (UNLIKELY(b & STATUS_SESSION_STATE_CHANGED) && read_status(conn, entry) < 0) {
             Py_CLEAR(result);
             goto done;

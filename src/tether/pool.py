@@ -461,7 +461,7 @@ class Pool(_PoolCore):
             0,
         )
         # Check-outs counted by the compiled fast path (one C integer; stats() adds them in).
-        self._fast_checkouts = 0  # check-outs the compiled paths counted
+        self._fast_checkouts = 0
         self._closed_by: dict[str, int] = {}
         self._wait_times = _samples()
         self._hold_times = _samples()
