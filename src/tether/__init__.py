@@ -1,8 +1,8 @@
 """tether: MySQL/MariaDB connections that stay healthy.
 
 A bounded pool (:class:`Pool`) and thread-mapped connections (:class:`ThreadLocalPool`) whose
-checkout and return cost no round trip on the hot path, with lifetimes derived from the server's
-own timeouts, safe reconnects, clear errors, leak detection, fork safety and stats.
+check-out and give-back cost no round trip on the hot path, with lifetimes derived from the
+server's own timeouts, safe reconnects, clear errors, leak detection, fork safety and stats.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import logging
 
 from .classify import ErrorKind
-from .connection import Cursor, PooledConnection
+from .config import PoolConfig, PoolOptions
+from .connection import PooledConnection
+from .cursor import Cursor, DBAPICursor
 from .dsn import DSN, parse_dsn
 from .errors import (
     ConnectionReleased,
@@ -21,21 +23,26 @@ from .errors import (
     PoolTimeout,
     TransactionLost,
 )
-from .pool import Pool, ThreadLocalPool
-from .stats import PoolStats
+from .pool import Pool
+from .stats import Counters, PoolStats
+from .threadlocal import ThreadLocalPool
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "DSN",
     "ConnectionReleased",
+    "Counters",
     "Cursor",
+    "DBAPICursor",
     "DSNError",
     "Error",
     "ErrorKind",
     "OutcomeUnknown",
     "Pool",
     "PoolClosed",
+    "PoolConfig",
+    "PoolOptions",
     "PoolStats",
     "PoolTimeout",
     "PooledConnection",

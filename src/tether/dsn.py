@@ -73,9 +73,11 @@ class DSN:
 
 
 def _convert(name: str, value: str) -> Any:
+    if name in _INT_OPTIONS:
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise DSNError(f"DSN option {name}={value!r} is not a port number in 1-65535")
+        return int(value)
     try:
-        if name in _INT_OPTIONS:
-            return int(value)
         if name in _FLOAT_OPTIONS:
             number = float(value)
             if number <= 0:
@@ -93,12 +95,34 @@ def _convert(name: str, value: str) -> Any:
     return value
 
 
-def parse_dsn(dsn: str | None) -> DSN:
-    """Parse ``dsn``; ``None`` means the ``DATABASE_URL`` environment variable.
+_UNENCODED = (
+    "DSN cannot be parsed: the user or password holds a character that must be"
+    " percent-encoded ('/' as %2F, '@' as %40, '?' as %3F, '#' as %23, ':' in the user as %3A;"
+    " urllib.parse.quote(password, safe='') does it)"
+)
+
+
+def _unencoded_userinfo(dsn: str) -> bool:
+    """Whether an unencoded '/', '?' or '#' in the credentials cut the URL's authority
+    short: the authority holds no '@', yet one follows in the path, or in the query before
+    its first '=' (an '@' in an option's value, such as ``init_command=SET @x=1``, is fine)."""
+    rest = dsn.split("://", 1)[1]
+    cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
+    if cut < 0 or "@" in rest[:cut]:
+        return False
+    path, _, query = rest[cut:].partition("?")
+    return "@" in path or "@" in query.split("=", 1)[0]
+
+
+def parse_dsn(dsn: str | DSN | None) -> DSN:
+    """Parse ``dsn``; ``None`` means the ``DATABASE_URL`` environment variable; a :class:`DSN`
+    is returned as it is.
 
     Raises :class:`tether.DSNError` (a ``ValueError``) naming what is wrong, never echoing the
     password.
     """
+    if isinstance(dsn, DSN):
+        return dsn
     if dsn is None:
         dsn = os.environ.get("DATABASE_URL")
         if not dsn:
@@ -112,8 +136,14 @@ def parse_dsn(dsn: str | None) -> DSN:
         port = parts.port
     except ValueError as exc:
         # urlsplit's message can quote the netloc, password included: say it in our words.
-        reason = "port is not a number in 0-65535" if "ort" in str(exc) else "malformed URL"
+        if _unencoded_userinfo(dsn):
+            raise DSNError(_UNENCODED) from None
+        reason = "port is not a number in 1-65535" if "ort" in str(exc) else "malformed URL"
         raise DSNError(f"DSN cannot be parsed: {reason}") from None
+    if _unencoded_userinfo(dsn):
+        raise DSNError(_UNENCODED)
+    if port == 0:
+        raise DSNError("DSN cannot be parsed: port is not a number in 1-65535")
     scheme = parts.scheme.lower()
     if scheme not in _SCHEMES:
         known = ", ".join(sorted(_SCHEMES))

@@ -1,24 +1,56 @@
-"""Counters, gauges and timing percentiles of a pool."""
+"""What a pool counts, and the snapshot ``pool.stats()`` returns."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import dataclasses
+from collections import deque
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["PoolStats"]
+__all__ = ["Counters", "PoolStats"]
 
 # How many recent wait and hold times the percentiles are computed from.
 SAMPLES = 2048
 
 
-class Samples(Protocol):
-    """The last SAMPLES durations: a deque(maxlen=SAMPLES), or the compiled ring of doubles
-    (tether._speedups.Samples) that behaves the same."""
+@dataclass
+class Counters:
+    """Events since the pool was created. Changed only under the pool's lock."""
 
-    def append(self, value: float, /) -> None: ...
-    def __len__(self) -> int: ...
-    def __iter__(self) -> Iterator[float]: ...
+    opened: int = 0  # connections opened
+    closed: int = 0  # connections closed (by reason: PoolStats.closed_by_reason)
+    checkouts: int = 0  # connections handed out
+    waits: int = 0  # check-outs that had to wait
+    timeouts: int = 0  # check-outs that gave up (PoolTimeout)
+    pings: int = 0  # health-check and keepalive pings
+    ping_failures: int = 0
+    replaced: int = 0  # found expired or dead at check-out and replaced
+    rollbacks: int = 0  # give-backs that rolled back an open transaction
+    resets: int = 0  # sessions reset (give-back of a changed session, takeover)
+    connect_errors: int = 0
+    capacity_errors: int = 0  # 1040 / 1226 / 1203: the pool backed off
+    replays: int = 0  # statements run again on a fresh connection
+    transactions_lost: int = 0
+    outcomes_unknown: int = 0
+    transaction_retries: int = 0  # run_transaction attempts after the first
+    leaks: int = 0  # connections held past leak_timeout
+    reclaimed: int = 0  # garbage-collected without a give-back, or of an ended thread
+    takeovers: int = 0  # thread-mapped: another thread's idle connection taken at the bound
+    watchdog_breaks: int = 0  # calls broken by the watchdog
+    interrupted: int = 0  # check-outs, calls or give-backs cut short by an exception
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+
+def samples() -> deque[float]:
+    """The last SAMPLES durations (waits, holds); appending is atomic, no lock needed."""
+    return deque(maxlen=SAMPLES)
 
 
 @dataclass(frozen=True)
@@ -28,12 +60,12 @@ class PoolStats:
     name: str
     max_size: int
     min_size: int
-    size: int
+    size: int  # open + opening, never above max_size
     idle: int
     in_use: int
     waiting: int
     opening: int
-    counters: dict[str, int] = field(default_factory=dict)
+    counters: Counters = field(default_factory=Counters)
     closed_by_reason: dict[str, int] = field(default_factory=dict)
     wait_time: dict[str, float] = field(default_factory=dict)
     hold_time: dict[str, float] = field(default_factory=dict)
@@ -45,15 +77,15 @@ class PoolStats:
 
     def __getitem__(self, key: str) -> Any:
         # stats()["checkouts"] reads a counter or a gauge, whichever has that name.
-        if key in self.counters:
-            return self.counters[key]
+        if hasattr(self.counters, key):
+            return getattr(self.counters, key)
         return getattr(self, key)
 
 
-def percentiles(samples: Samples) -> dict[str, float]:
-    if not samples:
+def percentiles(values: Iterable[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    if not ordered:
         return {"count": 0}
-    ordered = sorted(samples)
     last = len(ordered) - 1
 
     def pick(q: float) -> float:

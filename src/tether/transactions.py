@@ -1,4 +1,6 @@
-"""``Pool.run_transaction``: rerun a whole transaction where that is provably safe."""
+"""Transactions on a pool: ``pool.transaction()`` and ``pool.run_transaction(fn)``, which
+reruns a whole transaction where that is provably safe. Written against the pool's public
+check-out and the :class:`tether.lender.Lender` interface only."""
 
 from __future__ import annotations
 
@@ -6,52 +8,71 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import Protocol, TypeVar
 
 from .classify import ErrorKind, classify
+from .connection import PooledConnection
 from .errors import TransactionLost
+from .lender import Lender
 
-if TYPE_CHECKING:
-    from .connection import PooledConnection
-    from .pool import Pool
+__all__ = ["run_transaction", "transaction"]
 
 logger = logging.getLogger("tether")
 
+T = TypeVar("T")
+
+
+class _Source(Lender, Protocol):
+    def connection(self, timeout: float | None = None) -> PooledConnection: ...
+
+
+@contextlib.contextmanager
+def transaction(pool: _Source, timeout: float | None = None) -> Iterator[PooledConnection]:
+    """A connection inside a transaction: committed when the block ends, rolled back when
+    it raises."""
+    with pool.connection(timeout) as conn:
+        conn.begin()
+        try:
+            yield conn
+        except BaseException:
+            with contextlib.suppress(Exception):
+                conn.rollback()
+            raise
+        conn.commit()
+
 
 def run_transaction(
-    pool: Pool,
-    fn: Callable[[PooledConnection], Any],
+    pool: _Source,
+    fn: Callable[[PooledConnection], T],
     *,
-    attempts: int,
-    timeout: float | None,
-) -> Any:
+    attempts: int = 3,
+    timeout: float | None = None,
+) -> T:
+    """Run ``fn(conn)`` in a transaction, retrying all of it where that is safe.
+
+    Retried: a disconnect before ``COMMIT`` was sent (the server rolled everything back), a
+    deadlock, a lock wait timeout; with jittered backoff, at most ``attempts`` times. A
+    connection lost while ``COMMIT`` was in flight raises :class:`tether.OutcomeUnknown`.
+    """
     if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
         raise ValueError(f"attempts must be an integer >= 1, not {attempts!r}")
     backoff = 0.05
     for attempt in range(1, attempts + 1):
         try:
-            with pool.connection(timeout) as conn:
-                conn.begin()
-                try:
-                    result = fn(conn)
-                except BaseException:
-                    with contextlib.suppress(Exception):
-                        conn.rollback()
-                    raise
-                # A lost COMMIT that was sent raises OutcomeUnknown: never retried. One that
-                # could not be sent raises TransactionLost: retried below.
-                conn.commit()
-                return result
+            with transaction(pool, timeout) as conn:
+                return fn(conn)
         except TransactionLost as exc:
             reason: BaseException = exc
         except pool.driver.Error as exc:
-            if classify(exc, pool.driver, pool.error_kinds) is not ErrorKind.RETRY_TRANSACTION:
+            if classify(exc, pool.driver, pool.config.error_kinds) is not (
+                ErrorKind.RETRY_TRANSACTION
+            ):
                 raise
             reason = exc
         if attempt == attempts:
             raise reason
-        pool._count("transaction_retries")
+        pool.count("transaction_retries")
         logger.info(
             "%s: transaction attempt %d/%d failed (%s); retrying",
             pool.name,
@@ -59,6 +80,6 @@ def run_transaction(
             attempts,
             reason,
         )
-        time.sleep(random.uniform(0.5, 1.0) * backoff)
+        time.sleep((0.5 + 0.5 * random.random()) * backoff)
         backoff = min(1.0, backoff * 2)
     raise AssertionError("unreachable")

@@ -49,7 +49,7 @@ def test_idle_past_wait_timeout_is_never_handed_out(make_pool: Any, db: MariaDBS
     pool = make_pool(keepalive=None)  # no keepalive: the server will drop idle sessions
     with pool.connection() as conn:
         first = one(conn, "SELECT CONNECTION_ID()")
-    assert pool.max_lifetime is not None and pool.max_lifetime < 2
+    assert pool.lifetimes.max_lifetime is not None and pool.lifetimes.max_lifetime < 2
     time.sleep(3)
     with pool.connection() as conn:  # no error reaches the caller
         assert one(conn, "SELECT CONNECTION_ID()") != first
@@ -332,7 +332,7 @@ def test_pymysql_connects_reuse_one_tls_context(db: MariaDBServer) -> None:
     pytest.importorskip("pymysql")
     with tether.Pool(db.dsn(), driver="pymysql", max_size=2) as pool:
         a, b = pool.connection(), pool.connection()
-        assert a._raw.ctx is b._raw.ctx
+        assert a.raw.ctx is b.raw.ctx
         a.close()
         b.close()
 

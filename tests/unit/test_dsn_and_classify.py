@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 import tether
-from tether.connection import is_read_only
+from tether.statements import is_read_only
 from tether.dsn import parse_dsn
 
 

@@ -30,10 +30,10 @@ def run_threads(target: Callable[..., None], args: Sequence[tuple[Any, ...]]) ->
 def test_checkout_reuses_the_threads_last_connection(make_pool: Any, fake: FakeDriver) -> None:
     pool = make_pool(max_size=4)
     with pool.connection() as a:
-        first = a._entry.session_id
+        first = a.thread_id()
     for _ in range(100):
         with pool.connection() as c:
-            assert c._entry.session_id == first
+            assert c.thread_id() == first
     assert fake.connects == 1
     assert pool.stats()["checkouts"] == 101
 
@@ -168,12 +168,12 @@ def test_use_after_return_and_double_return_are_clear_errors(make_pool: Any) -> 
 def test_dead_idle_connection_is_replaced_silently(make_pool: Any, fake: FakeDriver) -> None:
     pool = make_pool()
     with pool.connection() as c:
-        first = c._entry.session_id
+        first = c.thread_id()
     fake.connections[0].kill()
     time.sleep(0.01)  # past the millisecond in which a just-returned connection is trusted
     with pool.connection() as c:
         c.cursor().execute("SELECT 1")
-        assert c._entry.session_id != first
+        assert c.thread_id() != first
     assert pool.stats()["replaced"] == 1
     assert pool.stats().closed_by_reason == {"closed by the server": 1}
 
@@ -185,11 +185,11 @@ def test_connection_back_for_under_a_millisecond_is_trusted(
     # first statement, which is replayed if nothing can have run twice (a read here).
     pool = make_pool()
     with pool.connection() as c:
-        first = c._entry.session_id
+        first = c.thread_id()
         fake.connections[0].kill()
     with pool.connection() as c:
         c.cursor().execute("SELECT 1")
-        assert c._entry.session_id != first
+        assert c.thread_id() != first
     stats = pool.stats()
     # Replayed (trusted, the usual case) or, on a machine that stalled over a millisecond
     # between the two lines, replaced at checkout: never an error.
@@ -209,7 +209,7 @@ def test_idle_connection_is_pinged_only_after_ping_after(make_pool: Any, fake: F
     fake.ping_ok = False
     time.sleep(0.25)
     with pool.connection() as c:
-        assert c._entry.session_id != fake.connections[0].id
+        assert c.thread_id() != fake.connections[0].id
     assert pool.stats()["ping_failures"] == 1
 
 
@@ -233,7 +233,7 @@ def test_capacity_error_is_backpressure_not_failure(make_pool: Any, fake: FakeDr
 
     def borrow() -> None:
         with pool.connection() as c:
-            result.append(c._entry.session_id)
+            result.append(c.thread_id())
 
     t = threading.Thread(target=borrow)
     t.start()
@@ -300,10 +300,10 @@ def test_autocommit_flip_is_restored(make_pool: Any, fake: FakeDriver) -> None:
 def test_max_lifetime_retires_connections(make_pool: Any, fake: FakeDriver) -> None:
     pool = make_pool(max_lifetime=0.2)
     with pool.connection() as c:
-        first = c._entry.session_id
+        first = c.thread_id()
     time.sleep(0.25)
     with pool.connection() as c:
-        assert c._entry.session_id != first
+        assert c.thread_id() != first
 
 
 def test_lifetimes_follow_the_servers_wait_timeout(make_pool: Any, fake: FakeDriver) -> None:
@@ -311,9 +311,9 @@ def test_lifetimes_follow_the_servers_wait_timeout(make_pool: Any, fake: FakeDri
     pool = make_pool(max_lifetime=3600, idle_timeout=600)
     with pool.connection():
         pass
-    assert pool.max_lifetime is not None and pool.max_lifetime < 10
-    assert pool.idle_timeout is not None and pool.idle_timeout < 10
-    assert pool.keepalive is not None and pool.keepalive < 10
+    assert pool.lifetimes.max_lifetime is not None and pool.lifetimes.max_lifetime < 10
+    assert pool.lifetimes.idle_timeout is not None and pool.lifetimes.idle_timeout < 10
+    assert pool.lifetimes.keepalive is not None and pool.lifetimes.keepalive < 10
 
 
 def test_maintenance_refills_min_size_and_keeps_idle_alive(
@@ -374,7 +374,6 @@ def test_the_fast_path_stays_fair_and_bounded_across_threads(
         try:
             for _ in range(300):
                 with pool.connection() as conn:
-                    assert conn._entry.owner == threading.get_ident()
                     assert pool.stats().in_use <= 3
         except BaseException as exc:
             errors.append(exc)
@@ -384,94 +383,6 @@ def test_the_fast_path_stays_fair_and_bounded_across_threads(
     stats = pool.stats()
     assert stats["checkouts"] == 6 * 300 and stats.in_use == 0
     assert len(fake.connections) <= 3
-
-
-def filed_by_state(pool: Any) -> tuple[int, int]:
-    """(idle, in use) counted by state, after checking the parking bookkeeping: every entry
-    filed by its state or marked parked, and the pool's count of parked ones right."""
-    with pool._lock:
-        entries = [*pool._idle, *pool._in_use]
-        assert len(set(entries)) == len(entries), "an entry is filed twice"
-        for entry in pool._idle:
-            assert (entry.state is tether.pool.IDLE) != entry.parked
-        for entry in pool._in_use:
-            assert (entry.state is tether.pool.IN_USE) != entry.parked
-        assert int(pool._parked) == sum(entry.parked for entry in entries)
-        states = [entry.state for entry in entries]
-        return states.count(tether.pool.IDLE), states.count(tether.pool.IN_USE)
-
-
-def test_a_connection_left_parked_by_the_fast_paths_is_seen_by_everything_else(
-    make_pool: Any, fake: FakeDriver
-) -> None:
-    # A thread taking back its own connection, and giving it back clean, only flips its
-    # state (no dict moves); another thread's check-out, a waiter, stats(), repr() and
-    # close() must all see where it really is.
-    pool = make_pool(max_size=1, timeout=5)
-    for _ in range(3):
-        with pool.connection():
-            assert filed_by_state(pool) == (0, 1)
-            stats = pool.stats()
-            assert (stats.idle, stats.in_use) == (0, 1)
-            assert "idle=0 in_use=1" in repr(pool)
-        assert filed_by_state(pool) == (1, 0)
-        assert "idle=1 in_use=0" in repr(pool)
-        assert (pool.stats().idle, pool.stats().in_use) == (1, 0)
-
-    # Another thread finds the parked idle connection (bound 1: no second one opened).
-    seen: list[tuple[int, int]] = []
-
-    def other() -> None:
-        with pool.connection():
-            seen.append(filed_by_state(pool))
-
-    run_threads(other, [()])
-    assert seen == [(0, 1)] and len(fake.connections) == 1
-    assert filed_by_state(pool) == (1, 0)
-
-    pool2 = make_pool(max_size=1, timeout=5)
-    with pool2.connection():
-        pass
-    with pool2.connection():  # the fast path: parked as in use
-        served = threading.Event()
-
-        def waiter() -> None:
-            with pool2.connection():
-                served.set()
-
-        t = threading.Thread(target=waiter)
-        t.start()
-        time.sleep(0.1)
-        assert not served.is_set()
-    # Given back with a waiter: handed over, not parked.
-    t.join(5)
-    assert served.is_set()
-    assert filed_by_state(pool2) == (1, 0)
-    assert pool2.stats()["checkouts"] == 3
-    pool2.close()
-    assert filed_by_state(pool2) == (0, 0)
-
-
-def test_parking_bookkeeping_holds_under_contention(make_pool: Any, fake: FakeDriver) -> None:
-    # Threads on fast and slow paths at once (more threads than connections): at the end every
-    # entry is filed by its state and the counts add up.
-    pool = make_pool(max_size=3, timeout=10)
-    errors: list[BaseException] = []
-
-    def worker(n: int) -> None:
-        try:
-            for i in range(200):
-                with pool.connection():
-                    if (i + n) % 50 == 0:
-                        pool.stats()
-        except BaseException as exc:
-            errors.append(exc)
-
-    run_threads(worker, [(n,) for n in range(8)])
-    assert not errors
-    assert filed_by_state(pool) == (len(fake.connections), 0)
-    stats = pool.stats()
-    assert stats["checkouts"] == 8 * 200 and stats.in_use == 0 and stats.idle <= 3
 
 
 def test_options_are_keyword_only(fake: FakeDriver) -> None:
@@ -530,7 +441,7 @@ def test_threadlocal_pool_keeps_one_connection_per_thread(make_pool: Any) -> Non
     def work(name: str) -> None:
         for _ in range(20):
             with pool.connection() as c:
-                seen.setdefault(name, set()).add(c._entry.session_id)
+                seen.setdefault(name, set()).add(c.thread_id())
             time.sleep(0.001)
 
     run_threads(work, [(f"t{i}",) for i in range(4)])
@@ -668,51 +579,3 @@ def test_return_reads_the_status_afresh(make_pool: Any, fake: FakeDriver) -> Non
     with pool.connection() as c:
         c.cursor().execute("SELECT 1")
     assert pool.stats()["opened"] == 2
-
-
-def test_a_takeover_between_the_fast_paths_look_and_its_lock_is_seen(
-    make_pool: Any, fake: FakeDriver
-) -> None:
-    # The check-out fast path looks at the thread's last connection, then takes the lock.
-    # Another thread may take that connection over in between (at the bound), change its
-    # session and give it back: the first thread must then get it reset, like any takeover.
-    pool = make_pool(tether.ThreadLocalPool, max_size=1, timeout=2)
-    with pool.connection():
-        pass
-    me = threading.get_ident()
-    real = pool._lock
-
-    def other_thread() -> None:
-        with pool.connection() as c:
-            c.cursor().execute("SET @secret = 1")
-
-    class LockWithAGap:
-        """The pool's lock, with another thread's takeover run once, just before this
-        thread's first acquire()."""
-
-        fired = False
-
-        def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
-            if threading.get_ident() == me and not self.fired:
-                self.fired = True
-                t = threading.Thread(target=other_thread)
-                t.start()
-                t.join(5)
-            return real.acquire(blocking, timeout)
-
-        def release(self) -> None:
-            real.release()
-
-        def __enter__(self) -> bool:
-            return self.acquire()
-
-        def __exit__(self, *exc: object) -> None:
-            real.release()
-
-    pool._lock = LockWithAGap()
-    with pool.connection() as c:
-        assert c._entry.owner == me
-        c.cursor().execute("SELECT 1")
-    assert pool._lock.fired
-    statements = fake.connections[0].statements
-    assert statements.index("SET @secret = 1") < statements.index("<reset>")

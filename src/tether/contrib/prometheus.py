@@ -14,6 +14,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from ..pool import Pool
+from ..stats import Counters
 
 __all__ = ["PoolCollector", "register"]
 
@@ -43,13 +44,12 @@ class PoolCollector:
             for stats in snapshots:
                 gauge.add_metric([stats.name], float(getattr(stats, field)))
             yield gauge
-        names = sorted({name for stats in snapshots for name in stats.counters})
-        for name in names:
+        for name in Counters.names():
             counter = CounterMetricFamily(
                 f"tether_pool_{name}", f"Pool events: {name.replace('_', ' ')}", labels=["pool"]
             )
             for stats in snapshots:
-                counter.add_metric([stats.name], float(stats.counters.get(name, 0)))
+                counter.add_metric([stats.name], float(getattr(stats.counters, name)))
             yield counter
         closed = CounterMetricFamily(
             "tether_pool_closed_by_reason",

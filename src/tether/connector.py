@@ -1,0 +1,241 @@
+"""The I/O a pool does on a connection, apart from running its holder's statements: open it
+and set its session up, learn the server's limits, ping it, put a returned session back to
+its baseline, close it. Blocking calls, made outside the pool's lock; each leaves
+``entry.in_flight`` set while it talks to the server, so one cut short by an exception leaves
+the connection marked as being in an unknown protocol state (and it is then closed).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from .config import Lifetimes, PoolConfig, lifetimes_under
+from .cursor import cursor_class
+from .drivers import Driver
+from .drivers.sockets import poller, tune_socket
+from .dsn import DSN
+from .entry import Entry
+from .policy import Cleanup, expiry
+
+__all__ = ["Connector", "ServerLimits"]
+
+logger = logging.getLogger("tether")
+
+
+class ServerLimits:
+    """What the server said about itself on the pool's first connect."""
+
+    __slots__ = (
+        "max_connections",
+        "max_user_connections",
+        "net_read_timeout",
+        "net_write_timeout",
+        "version",
+        "wait_timeout",
+    )
+
+    QUERY = (
+        "SELECT VERSION(), @@SESSION.wait_timeout, @@GLOBAL.max_connections,"
+        " @@SESSION.max_user_connections, @@SESSION.net_read_timeout,"
+        " @@SESSION.net_write_timeout"
+    )
+
+    def __init__(self, row: Sequence[Any]) -> None:
+        self.version = str(row[0])
+        self.wait_timeout = float(row[1])
+        self.max_connections = int(row[2])
+        self.max_user_connections = int(row[3])
+        self.net_read_timeout = float(row[4])
+        self.net_write_timeout = float(row[5])
+
+    @property
+    def mariadb(self) -> bool:
+        return "mariadb" in self.version.lower()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class Connector:
+    """Opens, checks, cleans and closes one pool's connections."""
+
+    def __init__(self, *, name: str, driver: Driver, dsn: DSN, config: PoolConfig) -> None:
+        self.name = name
+        self.driver = driver
+        self.dsn = dsn
+        self.config = config
+        #: Known after the first connect; the lifetimes follow from it.
+        self.server: ServerLimits | None = None
+        self.lifetimes: Lifetimes = lifetimes_under(config, None)
+
+    # ------------------------------------------------------------------ opening
+
+    def open(self, deadline: float) -> Entry:
+        """A new connection, its session set up, within ``deadline`` (monotonic)."""
+        config, driver = self.config, self.driver
+        remaining = deadline - time.monotonic()
+        raw = driver.connect(
+            self.dsn,
+            connect_timeout=max(0.05, min(config.connect_timeout, remaining)),
+            autocommit=config.autocommit,
+            connect_args=config.connect_args,
+        )
+        try:
+            fd = driver.fileno(raw)
+            tune_socket(fd)
+            self._set_up(raw)
+            if self.server is None:
+                self._adopt(ServerLimits(driver.execute(raw, ServerLimits.QUERY)[0]))
+            now = time.monotonic()
+            base = type(raw.cursor())
+            return Entry(
+                raw,
+                status=driver.status_reader(raw),
+                fd=fd,
+                poller=poller(fd),
+                session_id=driver.thread_id(raw),
+                pid=os.getpid(),
+                now=now,
+                expires=expiry(now, self.lifetimes.max_lifetime),
+                cursor_class=cursor_class(base, driver.is_unbuffered(base)),
+                baseline=driver.session_baseline(raw, self.dsn, self.config.connect_args),
+            )
+        except BaseException:
+            driver.close(raw)
+            raise
+
+    def _set_up(self, raw: Any) -> None:
+        """Per-session set-up: ask the server to flag every change of session state
+        (variables, schema, temporary tables, prepared statements) in its replies, so a
+        give-back knows when a reset is needed; run the configured init commands."""
+        cur = raw.cursor()
+        try:
+            cur.execute("SET " + self._session_settings(raw))
+            for statement in self.config.init_commands:
+                cur.execute(statement)
+        finally:
+            cur.close()
+        self.driver.clear_state_flag(raw)
+
+    def _session_settings(self, raw: Any) -> str:
+        """The session variables tether relies on, as one ``SET`` list."""
+        settings = ["SESSION session_track_state_change = ON"]
+        timeout = self.config.query_timeout
+        if timeout is not None:
+            # A server-side statement timeout: the server aborts the statement and the
+            # connection stays usable (a client-side read timeout would have to drop it).
+            if self.driver.is_mariadb(raw):
+                settings.append(f"SESSION max_statement_time = {timeout:.3f}")
+            else:
+                settings.append(f"SESSION max_execution_time = {int(timeout * 1000)}")
+        return ", ".join(settings)
+
+    def _adopt(self, limits: ServerLimits) -> None:
+        """Derive lifetimes from the server's own idle timeout (read on first connect): no
+        connection is ever kept, or handed out, past what the server would keep."""
+        if self.server is not None:
+            return
+        self.lifetimes = lifetimes_under(self.config, limits.wait_timeout)
+        self.server = limits
+        for option in ("max_lifetime", "idle_timeout"):
+            want = getattr(self.config, option)
+            if want is not None and getattr(self.lifetimes, option) < want:
+                logger.info(
+                    "%s: %s %.0fs is above the server's wait_timeout %.0fs: using %.1fs",
+                    self.name,
+                    option,
+                    want,
+                    limits.wait_timeout,
+                    getattr(self.lifetimes, option),
+                )
+        logger.info(
+            "%s: server %s, wait_timeout %.0fs, max_connections %d, max_user_connections %d",
+            self.name,
+            limits.version,
+            limits.wait_timeout,
+            limits.max_connections,
+            limits.max_user_connections,
+        )
+
+    # ------------------------------------------------------------------ checking
+
+    def ping(self, entry: Entry, timeout: float) -> None:
+        """A round trip with a hard timeout; raises the driver's error if it fails."""
+        entry.in_flight = time.monotonic()
+        self.driver.ping(entry.raw, timeout)
+        entry.in_flight = 0.0
+        entry.last_used = time.monotonic()
+
+    # ------------------------------------------------------------------ cleaning
+
+    def clean(self, entry: Entry, plan: Cleanup) -> None:
+        """Carry out a give-back's :func:`tether.policy.release_plan`; raises if the server
+        does not go along (the caller then closes the connection)."""
+        raw = entry.raw
+        entry.in_flight = time.monotonic()
+        if plan & Cleanup.RESET:
+            self.reset(entry)
+        else:
+            if plan & Cleanup.ROLLBACK:
+                raw.rollback()
+            if plan & Cleanup.AUTOCOMMIT:
+                raw.autocommit(self.config.autocommit)
+        entry.in_flight = 0.0
+        self._note_status(entry)
+
+    def reset(self, entry: Entry) -> None:
+        """Put the session back where opening it left it: the protocol's reset (which rolls
+        back, drops temporary tables and user variables, releases locks and resets the
+        session's variables to the server's defaults), then everything the driver and the
+        configuration had set: character set, ``sql_mode``, ``init_command``, autocommit,
+        tether's own settings, the database, the init commands."""
+        raw, driver = entry.raw, self.driver
+        entry.in_flight = time.monotonic()
+        if not driver.reset(raw):
+            raise RuntimeError(f"{driver.name} cannot reset a session here")
+        cur = raw.cursor()
+        try:
+            for sql, args in entry.baseline:
+                cur.execute(sql, args or None)
+            autocommit = 1 if self.config.autocommit else 0
+            cur.execute(f"SET {self._session_settings(raw)}, SESSION autocommit = {autocommit}")
+            if self.dsn.database:
+                raw.select_db(self.dsn.database)
+            for statement in self.config.init_commands:
+                cur.execute(statement)
+        finally:
+            cur.close()
+        driver.clear_state_flag(raw)
+        entry.in_flight = 0.0
+        entry.dirty = False
+        self._note_status(entry)
+
+    @staticmethod
+    def _note_status(entry: Entry) -> None:
+        if entry.status is not None:
+            entry.last_status = entry.status()
+        entry.last_used = time.monotonic()
+
+    # ------------------------------------------------------------------ closing
+
+    def close(self, entry: Entry) -> None:
+        """Close ``entry``'s connection: politely (``QUIT``) in the process that opened it,
+        without a byte on its socket in any other (a forked child). Idempotent; never
+        raises."""
+        raw, entry.raw = entry.raw, None
+        if raw is None:
+            return
+        if entry.pid == os.getpid():
+            self.driver.close(raw)
+        else:
+            self.driver.abandon(raw)
+
+    def abandon(self, entry: Entry) -> None:
+        """Drop ``entry``'s connection without a byte on its socket."""
+        raw, entry.raw = entry.raw, None
+        if raw is not None:
+            self.driver.abandon(raw)

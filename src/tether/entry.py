@@ -1,0 +1,162 @@
+"""What the pool knows about one server connection (the record the pool owns), and the lease
+through which one holder has it.
+
+The pool's bookkeeping reads every field under its lock; the holder of an entry writes the
+per-statement fields (``in_flight``, ``last_status``, ``dirty``) without it. Nothing here
+does I/O: the pool and the statement runner decide what a field means.
+"""
+
+from __future__ import annotations
+
+import select
+import threading
+import traceback
+from collections.abc import Callable
+from types import CodeType
+from typing import Any
+
+__all__ = ["Entry", "Lease"]
+
+
+class Lease:
+    """One holder's claim on the pool: a check-out in progress (waiting, opening, checking)
+    and then the connection it handed out. The pool grants to leases only; whatever was
+    granted to a lease whose holder gives up (an exception anywhere, a timeout, a
+    cancellation) is found through it and taken back. ``entry.holder is lease`` is what
+    makes a lease valid: a stale lease can never touch a connection again."""
+
+    __slots__ = (
+        "acquired",
+        "entry",
+        "error",
+        "ident",
+        "notify",
+        "signal",
+        "since",
+        "stack",
+        "thread",
+    )
+
+    def __init__(self, thread: threading.Thread | None) -> None:
+        #: The entry granted to this lease (``entry.holder is self`` while it is valid).
+        self.entry: Entry | None = None
+        #: The thread the check-out is for (named in messages), and its ident (connection
+        #: affinity); None and 0 for the pool's own work (a keepalive ping, a refill), which
+        #: is never a borrower.
+        self.thread = thread
+        self.ident = thread.ident or 0 if thread is not None else 0
+        #: Wakes the holder while it waits (set by the pool flavour: a lock's release, a
+        #: future's set_result), and the object the holder waits on.
+        self.notify: Callable[[], None] | None = None
+        self.signal: Any = None
+        #: Set instead of an entry when the pool closes under a waiting holder.
+        self.error: BaseException | None = None
+        #: When the connection was handed out (monotonic).
+        self.since = 0.0
+        #: Where it was acquired, for leak reports and timeout messages: (code, offset) of
+        #: the caller, or the whole stack when leak_timeout is set.
+        self.acquired: tuple[CodeType, int] | None = None
+        self.stack: traceback.StackSummary | None = None
+
+    def where(self) -> str:
+        """Where the holder acquired the connection, for messages."""
+        if self.stack:
+            return "".join(traceback.format_list(self.stack)).rstrip()
+        if self.acquired is None:
+            return "unknown"
+        code, offset = self.acquired
+        line = code.co_firstlineno
+        for start, end, number in code.co_lines():
+            if start <= offset < end and number is not None:
+                line = number
+                break
+        return f"{code.co_filename}:{line} in {code.co_name}"
+
+
+class Entry:
+    """One server connection and everything the pool knows about it."""
+
+    __slots__ = (
+        "baseline",
+        "broken",
+        "created",
+        "cursor_class",
+        "dirty",
+        "expires",
+        "fd",
+        "holder",
+        "in_flight",
+        "last_status",
+        "last_used",
+        "leak_reported",
+        "owner",
+        "pid",
+        "poller",
+        "raw",
+        "returned_at",
+        "session_id",
+        "status",
+        "unbuffered",
+        "unreported",
+        "watchdog_fired",
+    )
+
+    def __init__(
+        self,
+        raw: Any,
+        *,
+        status: Callable[[], int] | None,
+        fd: int,
+        poller: select.poll,
+        session_id: int,
+        pid: int,
+        now: float,
+        expires: float,
+        cursor_class: type[Any],
+        baseline: list[tuple[str, tuple[Any, ...]]],
+    ) -> None:
+        #: The driver's connection; None once closed.
+        self.raw: Any = raw
+        #: Reads the status bits of the server's last reply, without a round trip.
+        self.status = status
+        self.fd = fd
+        self.poller = poller
+        self.session_id = session_id
+        #: The process that opened it: a forked child never uses it.
+        self.pid = pid
+        self.created = now
+        self.expires = expires
+        #: When the server last answered on this session (monotonic).
+        self.last_used = now
+        self.returned_at = now
+        #: Who has it: None while idle in the pool, else the lease holding it.
+        self.holder: Lease | None = None
+        #: The thread ident of its last borrower (affinity; -1: reclaimed from a dead thread).
+        self.owner: int | None = None
+        #: When the call in progress was sent (0.0: none). A call that ended in an unknown
+        #: protocol state (interrupted half-way) leaves it set, and the connection is closed.
+        self.in_flight = 0.0
+        self.last_status = status() if status is not None else 0
+        #: The session holds state beyond its baseline (variables, temporary tables, locks,
+        #: a USE, unknown use through the driver's connection): reset before another
+        #: borrower, and never the ground for a replay.
+        self.dirty = False
+        #: The connection was lost (or interrupted mid-call): replaced before the next
+        #: statement, closed on return.
+        self.broken = False
+        #: What its loss cost that the holder has not been told yet ("transaction" or
+        #: "session": an interrupted call), raised at the next use.
+        self.unreported: str | None = None
+        #: Open streaming cursors: results left unread make the connection unusable.
+        self.unbuffered = 0
+        self.leak_reported = False
+        self.watchdog_fired = False
+        #: tether's subclass of the connection's default cursor class.
+        self.cursor_class = cursor_class
+        #: The statements that restore what the driver set up at connect (character set,
+        #: sql_mode, init_command), run after a protocol reset.
+        self.baseline = baseline
+
+    def __repr__(self) -> str:
+        state = "closed" if self.raw is None else "idle" if self.holder is None else "in use"
+        return f"<tether.Entry session {self.session_id} {state}>"

@@ -1,0 +1,49 @@
+"""The small interface between a checked-out connection and the pool it came from.
+
+:class:`tether.PooledConnection` and ``run_transaction`` talk to this, never to a pool's
+private members, so the proxy does not depend on which pool flavour lent it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .config import PoolConfig
+from .drivers import Driver
+from .entry import Entry, Lease
+
+__all__ = ["Lender"]
+
+
+class Lender(Protocol):
+    """What a pool offers the connections it hands out."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def driver(self) -> Driver: ...
+
+    @property
+    def config(self) -> PoolConfig: ...
+
+    def give_back(self, lease: Lease) -> None:
+        """Take back the connection ``lease`` holds (clean it first if it needs it).
+        Idempotent: a lease that no longer holds it is ignored."""
+
+    def renew(self, lease: Lease) -> Entry:
+        """Replace ``lease``'s broken connection with a healthy one, within the pool's
+        timeout; raises what a check-out raises."""
+
+    def count(self, event: str) -> None:
+        """Add one to the counter ``event`` (a :class:`tether.stats.Counters` field)."""
+
+    def evict_all(self, reason: str) -> None:
+        """Retire every connection (a failover: they all point at a demoted server)."""
+
+    def collected(self, lease: Lease) -> None:
+        """A connection proxy holding ``lease`` was garbage-collected: take it back (from a
+        finalizer: any thread, maybe while the pool's lock is held)."""
+
+    def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
+        """``query`` bounded to ``timeout`` seconds on the server."""
