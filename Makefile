@@ -34,13 +34,14 @@ test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest
 	TETHER_NO_SPEEDUPS=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
-# Benchmarks (not part of the set-up): tether beside the peers on a throwaway server.
+# Benchmarks (not part of the set-up): tether beside the peers on a throwaway server, about
+# 30 minutes (bench/RESULTS.md); bench-quick is the short run the tests make (under a minute,
+# into a temporary directory). The web part loads gunicorn with wrk, which bench/web.py
+# installs when it runs as root on Debian (else a Python load generator stands in).
 bench: $(STAMP)
-	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 bench-web: $(STAMP)
-	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh bench
 	$(BIN)/python bench/web.py $(BENCH_ARGS)
 
 bench-quick: $(STAMP)

@@ -34,8 +34,7 @@ from common import (
 )
 
 import tether
-from tether.connection import cursor_class
-from tether.pool import use_speedups
+from tether.cursor import cursor_class
 from tether.testing import MariaDBServer
 
 WARMUP_TIMEOUT = 60.0  # every thread's first request (its connect) must be done by then
@@ -71,9 +70,6 @@ class Variant:
 
     def setup(self) -> None:
         pass
-
-    def activate(self) -> None:
-        """Called before this variant's requests start (and when the A/B switches to it)."""
 
     def checkout(self) -> AbstractContextManager[Any]:
         raise NotImplementedError
@@ -207,47 +203,36 @@ class SQLAlchemyCore(SQLAlchemyQueuePool):
 
 
 class TetherPool(Variant):
-    """Defaults, every safety on: socket poll on check-out, ping after 1 s idle, lifetimes,
-    status check on return, watchdog."""
+    """Defaults, every safety on (socket poll on check-out, ping after 1 s idle, lifetimes,
+    status check on return, watchdog), sized 16 like the other pools."""
 
     name = "tether Pool"
     cls: type[tether.Pool] = tether.Pool
-    compiled = True  # the compiled fast paths (tether._speedups), tether's default
 
     def __init__(
         self,
         server: MariaDBServer,
         driver: str,
-        share: TetherPool | None = None,
         *,
+        max_size: int = POOL_SIZE,
         raw_beside: bool = False,
     ) -> None:
         super().__init__(server, driver)
-        self.share = share  # another variant whose pool this one uses (on the other paths)
+        self.max_size = max_size
         # A raw variant will use this pool's connections behind its back: no background
         # maintenance, which polls idle sockets once a second and would take a raw reply
         # arriving on an "idle" one for a server-side close. It is off the request path.
         self.raw_beside = raw_beside
 
     def setup(self) -> None:
-        self.activate()
-        if self.share is not None:
-            self.pool = self.share.pool
-        else:
-            extra = {"maintenance_interval": 3600.0} if self.raw_beside else {}
-            self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=POOL_SIZE, **extra)
-
-    def activate(self) -> None:
-        # Class-wide: every tether pool of the process switches (the A/B runs one variant
-        # at a time; both paths make the same decisions).
-        use_speedups(self.compiled)
+        extra = {"maintenance_interval": 3600.0} if self.raw_beside else {}
+        self.pool = self.cls(self.server.dsn(), driver=self.driver, max_size=self.max_size, **extra)
 
     def checkout(self) -> AbstractContextManager[Any]:
         return self.pool.connection()
 
     def teardown(self) -> None:
-        if self.share is None:
-            self.pool.close()
+        self.pool.close()
 
 
 class TetherThreadLocal(TetherPool):
@@ -255,16 +240,18 @@ class TetherThreadLocal(TetherPool):
     cls = tether.ThreadLocalPool
 
 
-class TetherPoolPure(TetherPool):
-    """What runs where tether._speedups is not built (or TETHER_NO_SPEEDUPS=1)."""
+class TetherThreadLocalDefaults(TetherThreadLocal):
+    """``ThreadLocalPool(dsn)`` as a DBUtils PersistentDB user writes it: no option at all, so
+    the default bound (``max_size`` 10), maintenance and watchdog; the driver named by the
+    DSN's scheme. Above 10 threads a thread at times finds no idle connection of its own and
+    takes over another thread's idle one, or waits."""
 
-    name = "tether Pool, pure Python"
-    compiled = False
+    name = "tether ThreadLocalPool, defaults"
 
-
-class TetherThreadLocalPure(TetherThreadLocal):
-    name = "tether ThreadLocalPool, pure Python"
-    compiled = False
+    def setup(self) -> None:
+        scheme = "mysql+pymysql" if self.driver == "pymysql" else "mysql+mysqldb"
+        dsn = self.server.dsn()
+        self.pool = self.cls(scheme + dsn[dsn.index("://") :])
 
 
 VARIANTS: list[type[Variant]] = [
@@ -277,12 +264,11 @@ VARIANTS: list[type[Variant]] = [
     SQLAlchemyPrePing,
     TetherPool,
     TetherThreadLocal,
+    TetherThreadLocalDefaults,
 ]
 POOLS: list[type[Variant]] = [
     TetherPool,
     TetherThreadLocal,
-    TetherPoolPure,
-    TetherThreadLocalPure,
     DBUtilsPersistent,
     DBUtilsPooled,
     SQLAlchemyQueuePool,
@@ -421,7 +407,7 @@ def run_cells(
                     cells.setdefault((cls.name, driver, threads), []).append(sample)
                     done += 1
                     print(
-                        f"[{done}/{total}] {driver:11} {threads:2} threads {cls.name:30}"
+                        f"[{done}/{total}] {driver:11} {threads:2} threads {cls.name:32}"
                         f" {sample.qps:9,.0f} q/s  p99 {sample.p99_us:8,.0f} µs"
                         + (f"  errors {sample.errors}" if sample.errors else ""),
                         flush=True,
@@ -443,20 +429,25 @@ PLAIN_PYTHON_US = 5.0  # the extra work of the "raw + plain Python" control, per
 
 
 class RawOnPool(Raw):
-    """The raw held connection on the very driver connection that a tether variant's pool
-    keeps for this thread (checked out once, its driver connection used directly from then
-    on; measurement only). Two connections' requests can run several percent apart for as
-    long as both are open (which server thread, which buffers), so raw and tether are
-    compared on the same connections. The pool closes them."""
+    """The raw held connection on the very driver connection that a tether pool keeps for
+    this thread (checked out once, its driver connection used directly from then on;
+    measurement only). Two connections' requests can run several percent apart for as long
+    as both are open (which server thread, which buffers), so raw and tether are compared on
+    the same connections where they can be. The pool closes them."""
 
     def __init__(self, server: MariaDBServer, driver: str, on: TetherPool) -> None:
         super().__init__(server, driver)
         self.on = on
 
     def open(self) -> Any:
-        # The thread's own connection from now on: a thread gets its last one back.
+        # The thread's own connection from now on: a thread gets its last one back. The
+        # driver's connection is read from the lease, not through ``conn.raw``, which would
+        # mark the session as changed (and have it reset on return).
         with self.on.pool.connection() as conn:
-            return conn._raw  # the driver's connection, without tainting the session
+            entry = conn._lease.entry if conn._lease is not None else None
+            if entry is None or entry.raw is None:
+                raise RuntimeError("a checked-out connection without a driver connection")
+            return entry.raw
 
     def request(self, key: int) -> None:
         try:
@@ -494,51 +485,82 @@ class RawPlusPython(RawOnPool):
 
 
 class RawAgain(RawOnPool):
-    """The raw held connection on tether Pool's connections (the plain one runs on tether
-    ThreadLocalPool's). Against the plain one: how far two sets of connections land apart."""
+    """The raw held connection on another set of connections (tether Pool's up to 16
+    threads; the plain one runs on tether ThreadLocalPool's). Against the plain one: how far
+    two sets of connections land apart."""
 
     name = "raw held connection, again"
 
 
-def base_of(name: str) -> str:
-    """The raw variant a variant's A/B ratio is taken against: raw on the same connections,
-    tether Pool's for tether Pool, tether ThreadLocalPool's otherwise."""
-    if name in (TetherPool.name, TetherPoolPure.name):
+def base_of(name: str, threads: int) -> str:
+    """The raw variant a variant's A/B ratio is taken against. Up to 16 threads raw runs on
+    the compared pools' own connections: tether Pool against raw on tether Pool's ("raw held
+    connection, again"), the rest against raw on tether ThreadLocalPool's (the defaults pool
+    keeps at most 10, fewer than the threads at 16, so it has no like set of its own). Above
+    16 threads raw holds a connection per thread, which no pool of 16 has: every variant
+    against "raw held connection", on connections of its own."""
+    if threads <= POOL_SIZE and name == TetherPool.name:
         return RawAgain.name
     return Raw.name
 
 
+def ab_variants(
+    server: MariaDBServer, driver: str, threads: int
+) -> tuple[list[Variant], list[TetherPool]]:
+    """The A/B's variants, and the pools whose connections the raw variants use.
+
+    Up to 16 threads: tether Pool and tether ThreadLocalPool (sized 16), ThreadLocalPool
+    with its defaults, raw on ThreadLocalPool's connections, raw again on Pool's, and the
+    control on ThreadLocalPool's. Above 16 threads (64 threads on 16 connections): the two
+    pools of 16, shared by all threads, against raw with a connection per thread (on a
+    pool of as many connections as threads, opened by tether's own connect path like the
+    pools', so the sessions are alike), raw again on a second such set, and the control."""
+    if threads <= POOL_SIZE:
+        pool = TetherPool(server, driver, raw_beside=True)
+        local = TetherThreadLocal(server, driver, raw_beside=True)
+        first, second = local, pool
+        variants: list[Variant] = [pool, local, TetherThreadLocalDefaults(server, driver)]
+    else:
+        # Nothing runs raw on these pools' connections: their defaults, maintenance on.
+        variants = [TetherPool(server, driver), TetherThreadLocal(server, driver)]
+        first = TetherPool(server, driver, max_size=threads, raw_beside=True)
+        second = TetherPool(server, driver, max_size=threads, raw_beside=True)
+    variants += [
+        RawOnPool(server, driver, first),
+        RawAgain(server, driver, second),
+        RawPlusPython(server, driver, first),
+    ]
+    return variants, [first, second]
+
+
+POOL_EVENTS = ("checkouts", "waits", "takeovers", "resets", "pings", "opened", "closed")
+
+
 def interleaved(
-    server: MariaDBServer, driver: str, threads: int, slices: int, slice_seconds: float
+    server: MariaDBServer,
+    driver: str,
+    threads: int,
+    each: int,
+    slice_seconds: float,
+    events: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, list[float]]:
-    """The same worker threads alternate between the variants in short slices (every cycle
-    one slice of each, in a new random order), so that every variant sees the same machine
-    state: a slow moment of the host lands on all of them instead of on whichever cell it
-    hit. Returns each variant's queries/s per slice (a request counts for the variant it
-    started in).
+    """The same worker threads alternate between the variants (:func:`ab_variants`) in
+    short slices, ``each`` of every variant (every cycle one slice of each, in a new random
+    order), so that every
+    variant sees the same machine state: a slow moment of the host lands on all of them
+    instead of on whichever cell it hit. Returns each variant's queries/s per slice (a
+    request counts for the variant it started in); ``events``, when given, gets what each
+    tether variant's pool counted during the slices (:data:`POOL_EVENTS`).
 
     Why a new order every cycle: a slice begins with the threads finishing the requests
     they started in the slice before, on its clock, and with the caches as that variant
     left them. With several threads that is a few percent of a 20 ms slice, and in a fixed
     cyclic order (rotating it keeps who follows whom) each variant always followed the same
-    one: raw after the slow pure-Python variant, say, and raw again after raw. Two sets of
-    raw requests on the same kind of connection then ran 2-4% apart at 16 threads, for no
+    one: raw after the slowest variant, say, and raw again after raw. Two sets of raw
+    requests on the same kind of connection then ran 2-4% apart at 16 threads, for no
     reason but their places. Shuffled, every variant follows every other about as often."""
-    if threads > POOL_SIZE:
-        raise ValueError(f"the A/B runs raw on the pools' connections: at most {POOL_SIZE} threads")
     RawPlusPython.calibrate()
-    pool = TetherPool(server, driver, raw_beside=True)
-    local = TetherThreadLocal(server, driver, raw_beside=True)
-    # Built in setup order: the pools first, then what runs on their connections.
-    variants: list[Variant] = [
-        pool,
-        local,
-        TetherPoolPure(server, driver, share=pool),
-        TetherThreadLocalPure(server, driver, share=local),
-        RawOnPool(server, driver, local),
-        RawAgain(server, driver, pool),
-        RawPlusPython(server, driver, local),
-    ]
+    variants, keepers = ab_variants(server, driver, threads)
     current = [0]
     stop = threading.Event()
     counts = [[0] * len(variants) for _ in range(threads)]
@@ -550,17 +572,21 @@ def interleaved(
     def worker(n: int) -> None:
         keys, i, mine, failed = KEYS, n * 97, counts[n], errors[n]
         try:
-            # Raw uses tether Pool's connections behind its back, which is safe only while
+            # Raw uses the keepers' connections behind their backs, which is safe only while
             # no other thread is handed the one a thread uses raw. A thread gets its last
             # connection back as long as it is idle, and only that thread uses it: so every
-            # thread first holds one of them at the same time (each its own), and from then
-            # on the pool never gives one thread's connection to another. Checked below.
-            with pool.pool.connection():
+            # thread first holds one of each keeper's at the same time (each its own), and
+            # from then on no keeper gives one thread's connection to another. Checked below.
+            with contextlib.ExitStack() as held:
+                for keeper in keepers:
+                    held.enter_context(keeper.pool.connection())
                 claim.wait(WARMUP_TIMEOUT)
             for variant in variants:
-                variant.request(keys[i & 4095])  # either fast path will do for a warm-up
+                variant.request(keys[i & 4095])  # a warm-up
             barrier.wait(WARMUP_TIMEOUT)
         except Exception:  # a broken barrier or a failed warm-up: nothing to measure
+            claim.abort()
+            barrier.abort()
             return
         done = 0
         while not stop.is_set() and done < MAX_REQUESTS * len(variants):
@@ -575,24 +601,31 @@ def interleaved(
             mine[which] += 1
             done += 1
 
-    for variant in variants:
-        variant.setup()
+    setups = [*(k for k in keepers if k not in variants), *variants]
     workers = [
         threading.Thread(target=worker, args=(n,), daemon=True, name=f"bench-ab-{n}")
         for n in range(threads)
     ]
+    ready: list[Variant] = []
     try:
+        for variant in setups:
+            variant.setup()
+            ready.append(variant)
         for w in workers:
             w.start()
-        barrier.wait(WARMUP_TIMEOUT)
-        claimed = pool.pool.stats().counters
+        try:
+            barrier.wait(WARMUP_TIMEOUT)
+        except threading.BrokenBarrierError:
+            raise RuntimeError("the A/B's warm-up failed") from None
+        claimed = [k.pool.stats().counters.as_dict() for k in keepers]
+        pools = [v for v in variants if isinstance(v, TetherPool)]
+        started = [v.pool.stats().counters.as_dict() for v in pools]
         order = list(range(len(variants)))
         shuffle = random.Random(threads).shuffle  # the same orders for the same run
-        for s in range(slices):
+        for s in range(each * len(variants)):
             if s % len(order) == 0:
                 shuffle(order)
             which = order[s % len(order)]
-            variants[which].activate()
             before = sum(c[which] for c in counts)
             current[0] = which
             t0 = time.perf_counter()
@@ -603,13 +636,18 @@ def interleaved(
         stop.set()
         for w in workers:
             w.join(JOIN_GRACE)
-        now = pool.pool.stats().counters
-        moved = {k: now[k] - claimed[k] for k in ("opened", "closed") if now[k] != claimed[k]}
-        if moved:
-            raise RuntimeError(
-                f"tether Pool's connections changed during the A/B ({moved}): raw ran on"
-                " connections the pool may have handed to another thread"
-            )
+        if events is not None:
+            for v, then in zip(pools, started, strict=True):
+                now = v.pool.stats().counters.as_dict()
+                events[v.name] = {k: now[k] - then[k] for k in POOL_EVENTS}
+        for keeper, then in zip(keepers, claimed, strict=True):
+            now = keeper.pool.stats().counters.as_dict()
+            moved = {k: now[k] - then[k] for k in ("opened", "closed") if now[k] != then[k]}
+            if moved:
+                raise RuntimeError(
+                    f"the connections raw runs on changed during the A/B ({moved}): raw ran"
+                    " on connections the pool may have handed to another thread"
+                )
         totals = [sum(column) for column in zip(*errors, strict=True)]
         failures = {v.name: n for v, n in zip(variants, totals, strict=True) if n}
         if failures:
@@ -618,9 +656,8 @@ def interleaved(
         stop.set()
         for w in workers:
             w.join(JOIN_GRACE)
-        for variant in variants:
+        for variant in ready:
             variant.teardown()
-        use_speedups(True)
     return per_slice
 
 
@@ -663,18 +700,16 @@ def acquire_release(
                     with variant.checkout():
                         pass
 
-                variant.activate()
                 samples.setdefault(variant.name, []).append(per_call_us(pair, budget / rounds))
-    use_speedups(True)
     return {name: min(values) for name, values in samples.items()}
 
 
 def connect_cost(server: MariaDBServer, driver: str, n: int) -> dict[str, float]:
     """Milliseconds per connect + close (median of ``n``, the ways interleaved).
 
-    tether's figure is its own connect path, ``Pool._open`` (the driver's connect with the
-    pool's TLS context reused, socket tuning, one ``SET`` for session tracking) followed by a
-    close: what the pool pays whenever it opens a connection."""
+    tether's figure is its own connect path, the pool's connector (the driver's connect, with
+    the pool's TLS context reused for PyMySQL; socket tuning; one ``SET`` for session
+    tracking) followed by its close: what the pool pays whenever it opens a connection."""
     module = driver_module(driver)
     default, off = connect_kwargs(server, driver), connect_kwargs(server, driver, tls=False)
     ways: dict[str, Callable[[], None]] = {
@@ -684,13 +719,13 @@ def connect_cost(server: MariaDBServer, driver: str, n: int) -> dict[str, float]
     samples: dict[str, list[float]] = {}
     with tether.Pool(server.dsn(), driver=driver, max_size=1) as pool:
         with pool.connection():
-            pass  # the first connect: builds the pool's TLS context, reads server limits
+            pass  # the first connect: reads the server's limits (and builds a TLS context)
+        connector = pool._connector  # tether's own connect path (read-only use)
 
         def through_tether() -> None:
-            entry = pool._open(time.monotonic() + 10)
-            pool.driver.close(entry.raw)
+            connector.close(connector.open(time.monotonic() + 10))
 
-        ways["tether Pool connect (TLS default, context reused)"] = through_tether
+        ways["tether Pool connect (TLS default)"] = through_tether
         for _ in range(n):
             for name, fn in ways.items():
                 t0 = time.perf_counter()
@@ -703,7 +738,6 @@ def connect_cost(server: MariaDBServer, driver: str, n: int) -> dict[str, float]
 RAW = "raw held connection"
 FULL_POOL = "tether Pool"
 FULL_LOCAL = "tether ThreadLocalPool"
-FULL_POOL_PURE = "tether Pool, pure Python"
 RAW_LOCAL = "raw held connection, on tether ThreadLocalPool's"
 
 
@@ -743,18 +777,16 @@ class Breakdown:
 
 
 def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakdown:
-    """Whole requests on one thread (tether Pool, tether ThreadLocalPool, tether Pool on its
-    pure-Python paths, and raw on each pool's own connection), client CPU by
+    """Whole requests on one thread (tether Pool, tether ThreadLocalPool, and raw on each
+    pool's own connection), client CPU by
     ``time.thread_time`` (other threads and processes do not count), alternated quickly for
     ``rounds`` rounds of ``n`` requests, medians; and the proxy's own cost per query with the
-    I/O taken out: the checked-out proxy is pointed at a stub connection (a private slot,
-    for this measurement only), its real status reader kept."""
+    I/O taken out: the checked-out connection's entry is pointed at a stub driver connection
+    (a private field, for this measurement only), its real status reader kept."""
     with (
         running(TetherPool(server, driver, raw_beside=True)) as pool,
         running(TetherThreadLocal(server, driver, raw_beside=True)) as local,
     ):
-        pure = TetherPoolPure(server, driver, share=pool)
-        pure.setup()
         # Raw on the very connections the pools hold: two connections can differ by more
         # than what is measured here.
         raw, raw_local = RawOnPool(server, driver, pool), RawOnPool(server, driver, local)
@@ -765,17 +797,14 @@ def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakd
             RAW_LOCAL: raw_local,
             FULL_POOL: pool,
             FULL_LOCAL: local,
-            FULL_POOL_PURE: pure,
         }
         cpu: dict[str, list[float]] = {}
         wall: dict[str, list[float]] = {}
         for variant in variants.values():
-            variant.activate()
             for key in KEYS[:50]:
                 variant.request(key)
         for _ in range(rounds):
             for name, variant in variants.items():
-                variant.activate()
                 step = variant.request
                 c0, w0 = time.thread_time(), time.perf_counter()
                 for i in range(n):
@@ -783,25 +812,25 @@ def breakdown(server: MariaDBServer, driver: str, n: int, rounds: int) -> Breakd
                 cpu.setdefault(name, []).append((time.thread_time() - c0) / n * 1e6)
                 wall.setdefault(name, []).append((time.perf_counter() - w0) / n * 1e6)
         assert isinstance(pool, TetherPool)
-        pool.activate()
         proxy_alone = status_read = None
         with pool.pool.connection() as conn:
-            status = getattr(getattr(conn, "_entry", None), "status", None)
+            lease = getattr(conn, "_lease", None)
+            entry = getattr(lease, "entry", None)
+            status = getattr(entry, "status", None)
             if callable(status):
                 status_read = per_call_us(status, 0.2)
-            real = getattr(conn, "_raw", None)
-            entry = getattr(conn, "_entry", None)
-            if real is not None and entry is not None:
+            real = getattr(entry, "raw", None)
+            if entry is not None and real is not None:
                 stub = _StubConnection()
                 direct = per_call_us(lambda: query(stub, 1), 0.2)
-                # The proxy makes tether's subclass of the connection's cursor class: here,
-                # of the stub's.
+                # The connection makes its cursors of tether's subclass of the driver's
+                # cursor class: here, of the stub's. The status reader stays the real one.
                 real_class = entry.cursor_class
-                conn._raw, entry.cursor_class = stub, cursor_class(_StubCursor, False)
+                entry.raw, entry.cursor_class = stub, cursor_class(_StubCursor, False)
                 try:
                     proxied = per_call_us(lambda: query(conn, 1), 0.2)
                 finally:
-                    conn._raw, entry.cursor_class = real, real_class
+                    entry.raw, entry.cursor_class = real, real_class
                 proxy_alone = proxied - direct
     return Breakdown(
         cpu={k: median(v) for k, v in cpu.items()},
@@ -856,13 +885,8 @@ def profile(server: MariaDBServer, driver: str, n: int) -> Profile:
     )
 
 
-# The compiled fast paths show up as builtins: "<method 'connection' of 'Pool' objects>".
-_COMPILED = re.compile(r"of '(Pool|PooledConnection|Cursor)' objects|StatusReader")
-
-
 def _is_tether(func: tuple[str, int, str]) -> bool:
-    file, _line, name = func
-    return "/tether/" in file or (file == "~" and bool(_COMPILED.search(name)))
+    return "/tether/" in func[0]
 
 
 def _name(func: tuple[str, int, str]) -> str:

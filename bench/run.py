@@ -29,7 +29,6 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import cold
 import micro
 from common import (
     DRIVERS,
@@ -52,13 +51,15 @@ from common import (
     table,
     versions,
 )
-from micro import FULL_LOCAL, FULL_POOL, FULL_POOL_PURE, RAW, Cells, Profile
+from micro import FULL_LOCAL, FULL_POOL, RAW, Cells, Profile
 
 TETHER = (micro.TetherPool.name, micro.TetherThreadLocal.name)
-# The same flavours on their pure-Python fast paths (where tether._speedups is not built).
-TETHER_PURE = (micro.TetherPoolPure.name, micro.TetherThreadLocalPure.name)
-ACQUIRE_TARGET_US = 5.0
-# Seconds per web cell in a full run: with the micro part, `make bench` stays near 10 minutes.
+# ThreadLocalPool(dsn) with no option at all: judged at 16 threads.
+DEFAULTS = micro.TetherThreadLocalDefaults.name
+WIDE = 4 * POOL_SIZE  # 64 threads on the pools' 16 connections
+AB_THREADS = (1, POOL_SIZE, WIDE)  # the interleaved A/B's thread counts: those with targets
+ACQUIRE_TARGET_US = 4.0
+# Seconds per web cell in a full run.
 WEB_SECONDS = 3
 PINNED = (SEPARATE, SHARED)  # the A/B's layouts that judge the throughput targets
 CELLS = "cells"  # a target judged on the throughput cells (unpinned)
@@ -70,11 +71,28 @@ MEASURED_IN = {
 }
 LAYOUT_NAMES = {SEPARATE: "separate cores", SHARED: "shared core", UNPINNED: "unpinned"}
 AB = dict[tuple[str, str, int], dict[str, list[float]]]  # (layout, driver, threads) -> q/s
+# (layout, driver, threads) -> tether variant -> what its pool counted during the A/B
+Events = dict[tuple[str, str, int], dict[str, dict[str, int]]]
+
+
+def target(threads: int) -> float:
+    """The lowest ratio to raw a tether variant may show: one thread 0.90, up to 16 threads
+    0.85, and 64 threads sharing 16 connections 0.90 of raw with a connection per thread."""
+    if threads == 1:
+        return 0.90
+    return 0.85 if threads <= POOL_SIZE else 0.90
+
+
+def judged(threads: int) -> tuple[str, ...]:
+    """The variants whose ratio to raw has a target at ``threads``: both flavours, and at
+    16 threads ThreadLocalPool with its defaults too."""
+    return (*TETHER, DEFAULTS) if threads == POOL_SIZE else TETHER
 
 
 @dataclass
 class Plan:
     quick: bool
+    shortened: bool  # rounds, seconds or the A/B's slices or layouts other than a full run's
     missing_drivers: list[str]  # asked for but not installed: skipped
     drivers: list[str]
     thread_counts: list[int]
@@ -86,9 +104,10 @@ class Plan:
     breakdown_rounds: int
     profile_requests: int
     ab_threads: list[int]  # the interleaved A/B's thread counts
-    ab_slices: dict[int, int]  # threads -> slices of the A/B
+    ab_slices: dict[int, int]  # threads -> slices of each variant in the A/B
     ab_slice_seconds: float
     ab_layouts: list[str]  # CPU layouts of the A/B; a quick run takes the first pinned one it can
+    ab_first_only: bool  # stop after the first pinned layout that ran
 
     @classmethod
     def make(cls, args: argparse.Namespace) -> Plan:
@@ -102,9 +121,21 @@ class Plan:
         drivers = [d for d in drivers if d not in missing]
         if not drivers:
             raise SystemExit(f"no driver installed among {args.drivers}")
+        layouts = [x.strip() for x in (args.ab_layouts or "").split(",") if x.strip()]
+        if set(layouts) - set(LAYOUT_NAMES):
+            raise SystemExit(f"--ab-layouts: one or more of {', '.join(LAYOUT_NAMES)}")
+        # Slices of each variant: a full run takes 300 at 1 thread and 600 at 16 and 64,
+        # where a slice's queries/s scatter some 3x wider (the threads contend for the GIL
+        # and the host's short stalls land on all of them): the interval narrows by about
+        # 1/sqrt(2). With 6 variants at 1 and 16 threads and 5 at 64, 36 + 72 + 60 s of
+        # slices per (layout, driver).
+        slices = {1: 10, POOL_SIZE: 10, WIDE: 10} if quick else {1: 300, POOL_SIZE: 600, WIDE: 600}
+        if args.ab_slices:
+            slices = {t: args.ab_slices for t in AB_THREADS}
         return cls(
             missing_drivers=missing,
             quick=quick,
+            shortened=bool(args.rounds or args.seconds or args.ab_slices or layouts),
             drivers=drivers,
             thread_counts=[1, 4] if quick else [1, 4, POOL_SIZE, 4 * POOL_SIZE],
             rounds=args.rounds or (1 if quick else 5),
@@ -114,14 +145,11 @@ class Plan:
             breakdown_requests=200 if quick else 300,
             breakdown_rounds=4 if quick else 30,
             profile_requests=300 if quick else 3000,
-            ab_threads=[1, 4] if quick else [1, POOL_SIZE],
-            # 7 variants. A full run: at 1 thread 300 slices of each, 42 s per (layout,
-            # driver); at 16, where a slice's queries/s scatter some 3x wider (the threads
-            # contend for the GIL and the host's short stalls land on all of them), 600 of
-            # each, 84 s: the interval narrows by about 1/sqrt(2).
-            ab_slices={1: 70, 4: 70} if quick else {1: 2100, POOL_SIZE: 4200},
+            ab_threads=list(AB_THREADS),
+            ab_slices=slices,
             ab_slice_seconds=0.01 if quick else 0.02,
-            ab_layouts=[SEPARATE, SHARED] if quick else [SEPARATE, SHARED, UNPINNED],
+            ab_layouts=layouts or ([SEPARATE, SHARED] if quick else [SEPARATE, SHARED, UNPINNED]),
+            ab_first_only=quick and not layouts,
         )
 
 
@@ -142,12 +170,11 @@ class Results:
     breakdown_where: str  # where client and server ran for the breakdown and profile
     profiles: dict[str, Profile]
     ab: AB  # q/s per slice
+    ab_events: Events
     ab_where: dict[str, str]  # layout -> where client and server ran
     ab_skipped: dict[str, str]  # layout -> why it did not run
     web: dict[str, Any] | None
     web_note: str | None
-    cold: dict[str, cold.Cold]  # driver -> counts per request
-    cold_note: str | None
 
 
 # ----------------------------------------------------------------------------- the run
@@ -165,6 +192,14 @@ def main(argv: list[str] | None = None) -> int:
         "--web-seconds", type=int, help="per web cell (full 3, quick: web.py's own)"
     )
     parser.add_argument("--skip-web", action="store_true", help="only the micro benchmark")
+    parser.add_argument(
+        "--ab-slices", type=int, help="A/B slices of each variant (quick 10, full 300 to 600)"
+    )
+    parser.add_argument(
+        "--ab-layouts",
+        help="comma-separated CPU layouts of the A/B (separate, shared, unpinned; quick: the"
+        " first pinned one that can be had, full: all three)",
+    )
     args = parser.parse_args(argv)
     plan = Plan.make(args)
     output: Path = args.output or (
@@ -199,10 +234,9 @@ def main(argv: list[str] | None = None) -> int:
         acquire = {x: micro.acquire_release(server, x, plan.acquire_budget) for x in d}
         connect = {x: micro.connect_cost(server, x, plan.connects) for x in d}
         breakdowns, profiles, breakdown_where = run_breakdown(server, plan)
-        ab, ab_where, ab_skipped = run_ab(server, plan)
+        ab, ab_events, ab_where, ab_skipped = run_ab(server, plan)
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
-        cold_rows, cold_note = run_cold(server, plan)
         elapsed = time.monotonic() - started
         others = meter.others(elapsed)
 
@@ -222,12 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         breakdown_where=breakdown_where,
         profiles=profiles,
         ab=ab,
+        ab_events=ab_events,
         ab_where=ab_where,
         ab_skipped=ab_skipped,
         web=web,
         web_note=web_note,
-        cold=cold_rows,
-        cold_note=cold_note,
     )
     ratio_chart(results, output / "ratios.png")
     cost_chart(results, output / "costs.png")
@@ -261,10 +294,11 @@ def run_breakdown(
         return breakdowns, profiles, f"not pinned ({exc})"
 
 
-def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]:
+def run_ab(server: Any, plan: Plan) -> tuple[AB, Events, dict[str, str], dict[str, str]]:
     """The interleaved A/B under each CPU layout; a layout this machine cannot give is
     skipped with the reason. A quick run stops after the first pinned layout that ran."""
     ab: AB = {}
+    events: Events = {}
     where: dict[str, str] = {}
     skipped: dict[str, str] = {}
     for layout in plan.ab_layouts:
@@ -273,37 +307,18 @@ def run_ab(server: Any, plan: Plan) -> tuple[AB, dict[str, str], dict[str, str]]
                 print(f"interleaved A/B, {LAYOUT_NAMES[layout]} ({placed}) ...", flush=True)
                 for x in plan.drivers:
                     for t in plan.ab_threads:
+                        counted = events[(layout, x, t)] = {}
                         ab[(layout, x, t)] = micro.interleaved(
-                            server, x, t, plan.ab_slices[t], plan.ab_slice_seconds
+                            server, x, t, plan.ab_slices[t], plan.ab_slice_seconds, counted
                         )
                 where[layout] = placed
         except LayoutUnavailable as exc:
             print(f"interleaved A/B, {LAYOUT_NAMES[layout]}: not run, {exc}", flush=True)
             skipped[layout] = str(exc)
             continue
-        if plan.quick and layout in PINNED:
+        if plan.ab_first_only and layout in PINNED:
             break
-    return ab, where, skipped
-
-
-def run_cold(server: Any, plan: Plan) -> tuple[dict[str, cold.Cold], str | None]:
-    """The cold-cache counts (``cold.py``) per driver, or why there are none: a full run
-    only (they take some five minutes per driver under valgrind, three layouts each)."""
-    if plan.quick:
-        return {}, "Not run in a quick run."
-    why = cold.available()
-    if why is not None:
-        return {}, f"Not run: {why}."
-    print("cold-cache counts (valgrind) ...", flush=True)
-    out: dict[str, cold.Cold] = {}
-    try:
-        for driver in plan.drivers:
-            out[driver] = cold.run_cold(server, driver)
-    except Exception as exc:
-        traceback.print_exc()
-        message = f"{type(exc).__name__}: {exc}".replace(server.password, "***")
-        return out, f"Did not complete: {message}"
-    return out, None
+    return ab, events, where, skipped
 
 
 def run_web(
@@ -351,13 +366,11 @@ def ratio_text(ratio: float) -> str:
     return f"{ratio:.2f}" if ratio >= 0.1 else f"{ratio:.3f}"
 
 
-def target(threads: int) -> float:
-    return 0.95
-
-
 def render(r: Results) -> str:
     p = r.plan
     mode = "quick mode: few short cells, one round, noisy" if p.quick else "full run"
+    if p.shortened and not p.quick:
+        mode = "a shortened run: see the command for what it changed"
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     shared = (
         f"Other work used {r.others_cores:.2f} of the {os.cpu_count()} cores on average during"
@@ -371,7 +384,7 @@ def render(r: Results) -> str:
         "# Benchmarks: tether beside its peers",
         "",
         f"Produced by `{r.command}` ({mode}) on {when}, in {r.elapsed:.0f} s"
-        + ("; `make bench` runs it." if not p.quick else "."),
+        + ("; `make bench` runs it." if not (p.quick or p.shortened) else "."),
         "",
         f"- Machine: nproc {os.cpu_count()}, {cpu_model()}, {platform.system()}"
         f" {platform.release()}. Client threads, the server (and the web benchmark's gunicorn"
@@ -406,8 +419,10 @@ def render(r: Results) -> str:
         " with its defaults: DBUtils pings on every check-out (`ping=1`) and PooledDB rolls"
         " back on every return (`reset=True`); SQLAlchemy rolls back on return"
         " (`reset_on_return`) and is used through `engine.raw_connection()`, its leanest"
-        " pooled path; tether runs with every safety on. The raw held connection opens one"
-        " connection per thread: above 16 threads it holds more than the pools.",
+        f" pooled path; tether runs with every safety on. *{DEFAULTS}* is"
+        " `ThreadLocalPool(dsn)` as a DBUtils PersistentDB user writes it, no option at all:"
+        " at most 10 connections. The raw held connection opens one connection per thread:"
+        " above 16 threads it holds more than the pools.",
         "",
     ]
     lines += targets_section(r)
@@ -416,7 +431,6 @@ def render(r: Results) -> str:
     lines += profile_section(r)
     lines += ab_section(r)
     lines += why_section(r)
-    lines += cold_section(r)
     lines += web_section(r)
     return "\n".join(lines) + "\n"
 
@@ -439,22 +453,32 @@ class Verdict:
 
     @property
     def shown(self) -> str:
-        """The ratio to two places, or three where two would round it onto the target and
-        hide which side of it the verdict was taken on (0.948 missed, 0.953 met)."""
-        two = f"{self.ratio:.2f}"
-        return f"{self.ratio:.3f}" if two == f"{target(self.threads):.2f}" else two
+        return shown(self.ratio, target(self.threads), 2)
+
+
+def shown(value: float, limit: float, places: int) -> str:
+    """``value`` to ``places`` places, or more where those would round it onto ``limit`` and
+    hide which side of it a verdict was taken on (0.848 missed, 0.853 met against 0.85)."""
+    text = f"{value:.{places}f}"
+    while float(text) == limit and value != limit and places < 6:
+        places += 1
+        text = f"{value:.{places}f}"
+    return text
 
 
 RESAMPLES = 400  # bootstrap resamples for an A/B ratio's interval
 
 
-def ab_ratios(per_slice: dict[str, list[float]], name: str) -> tuple[float, float, float] | None:
-    """``name``'s queries/s over that of raw on the same connections (``micro.base_of``),
-    both summed over the A/B's slices (their slices last the same: the ratio of their
-    requests), with a 95% interval from resampling the A/B's cycles. The k-th slice of every
-    variant ran in the k-th cycle, so each resample keeps raw and ``name`` paired, and a slow
-    stretch of the host weighs on both as it did."""
-    base = per_slice.get(micro.base_of(name), [])
+def ab_ratios(
+    per_slice: dict[str, list[float]], name: str, threads: int
+) -> tuple[float, float, float] | None:
+    """``name``'s queries/s over that of its raw variant (``micro.base_of``: raw on the same
+    connections up to 16 threads, raw with a connection per thread above), both summed over
+    the A/B's slices (their slices last the same: the ratio of their requests), with a 95%
+    interval from resampling the A/B's cycles. The k-th slice of every variant ran in the
+    k-th cycle, so each resample keeps raw and ``name`` paired, and a slow stretch of the
+    host weighs on both as it did."""
+    base = per_slice.get(micro.base_of(name, threads), [])
     values = per_slice.get(name, [])
     n = min(len(base), len(values))
     if not n or sum(base[:n]) <= 0:
@@ -473,29 +497,33 @@ def ab_ratios(per_slice: dict[str, list[float]], name: str) -> tuple[float, floa
     return sum(ours) / sum(raw), low, high
 
 
-def verdicts(r: Results, names: tuple[str, ...] = TETHER) -> list[Verdict]:
-    """The targets (1 and 16 threads in a full run) are judged on the A/B under each pinned
-    layout that ran, where raw and tether share the same threads and CPUs; on the cells
-    (unpinned) only when no pinned layout could be had. 4 threads and 64 threads on 16
-    connections have no target: the cells show them beside the peers (at 64 the raw variant
-    holds 64 connections against the pools' 16, so its ratio is no like-for-like measure)."""
+def verdicts(r: Results) -> list[Verdict]:
+    """The throughput targets (1, 16, and 64 threads on 16 connections) are judged on the A/B
+    under each pinned layout that ran, where raw and tether share the same threads and CPUs;
+    on the cells (unpinned) only when no pinned layout could be had. 4 threads have no
+    target: the cells show them beside the peers."""
     layouts = [x for x in PINNED if x in r.ab_where]
     out: list[Verdict] = []
     for driver in r.plan.drivers:
         for threads in r.plan.ab_threads:
             if layouts:
                 for layout in layouts:
-                    for name in names:
-                        got = ab_ratios(r.ab[(layout, driver, threads)], name)
+                    per_slice = r.ab.get((layout, driver, threads), {})
+                    for name in judged(threads):
+                        got = ab_ratios(per_slice, name, threads)
                         if got:
                             out.append(Verdict(name, driver, threads, layout, *got))
             elif threads in r.plan.thread_counts:
-                for name in names:
+                for name in judged(threads):
                     rs = micro.ratios(r.cells, name, driver, threads)
                     if rs:
                         low, high = min(rs), max(rs)
                         out.append(Verdict(name, driver, threads, CELLS, median(rs), low, high))
     return out
+
+
+def acquire_met(us: float) -> bool:
+    return us <= ACQUIRE_TARGET_US
 
 
 def targets_section(r: Results) -> list[str]:
@@ -517,7 +545,7 @@ def targets_section(r: Results) -> list[str]:
                     "met" if v.met else "**MISSED**",
                 ]
             )
-        for name in (*TETHER, *TETHER_PURE):
+        for name in TETHER:
             us = r.acquire[driver].get(name)
             if us is None:
                 continue
@@ -527,10 +555,10 @@ def targets_section(r: Results) -> list[str]:
                     driver,
                     "check-out + give-back",
                     "alone, one thread",
-                    f"{us:.1f} µs",
+                    f"{shown(us, ACQUIRE_TARGET_US, 1)} µs",
                     "",
                     f"<= {ACQUIRE_TARGET_US:g} µs",
-                    "met" if us <= ACQUIRE_TARGET_US else "**MISSED**",
+                    "met" if acquire_met(us) else "**MISSED**",
                 ]
             )
     columns = [
@@ -544,66 +572,41 @@ def targets_section(r: Results) -> list[str]:
         "verdict",
     ]
     lines = ["## Targets", "", *summary_lines(r, all_verdicts)]
-    ab_threads = " and ".join(str(t) for t in r.plan.ab_threads)
+    lines += [
+        "A request through the pool against the same request on a raw held connection:"
+        " at least 0.90 of raw's queries/s on one thread and 0.85 at 16 threads, for"
+        f" `tether.Pool` and `tether.ThreadLocalPool` (sized {POOL_SIZE}), and for"
+        " `ThreadLocalPool(dsn)` with its defaults (no option at all, so at most 10"
+        " connections for the 16 threads) at 16 threads; 64 threads sharing a pool of"
+        f" {POOL_SIZE} at least 0.90 of raw with 64 threads each holding its own connection;"
+        f" a check-out + give-back alone at most {ACQUIRE_TARGET_US:g} µs.",
+        "",
+    ]
     pinned_ran = [LAYOUT_NAMES[x] for x in PINNED if x in r.ab_where]
     on_cells = sorted({v.threads for v in all_verdicts if v.measured_in == CELLS})
     if pinned_ran:
-        text = (
-            f"The throughput targets at {ab_threads} threads are judged on the interleaved A/B"
-            f" run pinned ({', '.join(pinned_ran)}; *Interleaved A/B* below): raw and tether"
-            " take turns on the same threads and CPUs, so the ratio compares like with like."
-            " Its range is a 95% interval (the A/B's cycles resampled)."
-        )
-        if on_cells:
-            text += (
-                f" At {' and '.join(str(t) for t in on_cells)} threads there is no A/B: those"
-                " targets are judged on the cells (range: the rounds' ratios)."
-            )
-        text += (
-            " The cells run unpinned: their ratios move with where the scheduler puts the"
-            " server's threads beside the client's, not only with the pool's cost."
-        )
-        lines += [text, ""]
+        lines += [
+            "The throughput targets are judged on the interleaved A/B run pinned"
+            f" ({', '.join(pinned_ran)}; *Interleaved A/B* below): raw and tether take turns"
+            " on the same threads and CPUs (up to 16 threads on the same connections), so"
+            " the ratio compares like with like. Its range is a 95% interval (the A/B's"
+            " cycles resampled). The cells run unpinned: their ratios move with where the"
+            " scheduler puts the server's threads beside the client's, not only with the"
+            " pool's cost.",
+            "",
+        ]
     else:
         lines += [
-            "No pinned layout could be had on this machine, so every throughput target is"
-            " judged on the cells, which run unpinned: their ratios move with where the"
-            " scheduler puts the server's threads beside the client's (range: the rounds'"
-            " ratios).",
+            "No pinned layout could be had on this machine, so the throughput targets are"
+            " judged on the cells"
+            + (f" ({', '.join(label(t) for t in on_cells)})" if on_cells else "")
+            + ", which run unpinned: their ratios move with where the scheduler puts the"
+            " server's threads beside the client's (range: the rounds' ratios).",
             "",
         ]
     lines += skipped_lines(r)
     lines += table(columns, rows, "llllrrrl")
     lines.append("")
-    pure = verdicts(r, TETHER_PURE)
-    if pure:
-        lines += [
-            "The same comparisons on tether's pure-Python fast paths, in the same A/B: the"
-            " Python methods switched in on the same pools (`use_speedups(False)`), on the"
-            " compiled module's object layout, whose numbers (timestamps, flags, counts)"
-            " Python reads and writes through descriptors. Built without `tether._speedups`"
-            " (or with `TETHER_NO_SPEEDUPS=1`) the objects keep them in slots, and a check-out"
-            " + give-back takes some 15% less than on this layout.",
-            "",
-            *table(
-                columns,
-                [
-                    [
-                        v.name,
-                        v.driver,
-                        label(v.threads),
-                        MEASURED_IN[v.measured_in],
-                        v.shown,
-                        f"{v.low:.2f}-{v.high:.2f}",
-                        f">= {target(v.threads):.2f}",
-                        "met" if v.met else "missed",
-                    ]
-                    for v in pure
-                ],
-                "llllrrrl",
-            ),
-            "",
-        ]
     if r.plan.quick:
         lines += [
             "A quick run is short and takes one pinned layout: it shows the harness works, not"
@@ -633,17 +636,17 @@ def summary_lines(r: Results, all_verdicts: list[Verdict]) -> list[str]:
             peers = [
                 median(micro.ratios(r.cells, cls.name, driver, threads))
                 for cls in micro.VARIANTS
-                if cls.name not in TETHER and cls is not micro.Raw
+                if not cls.name.startswith("tether") and cls is not micro.Raw
             ]
             ahead += best_tether >= max(peers)
     acquire = [r.acquire[d][n] for d in r.plan.drivers for n in TETHER]
     low, high = f"{min(acquire):.1f}", f"{max(acquire):.1f}"
-    acquire_met = max(acquire) <= ACQUIRE_TARGET_US
-    all_met = met == len(all_verdicts) and acquire_met
+    acquire_ok = all(acquire_met(us) for us in acquire)
+    all_met = met == len(all_verdicts) and acquire_ok
     return [
         f"Throughput targets met in {met} of {len(all_verdicts)} rows; check-out + give-back"
         f" {low if low == high else f'{low}-{high}'} µs against <= {ACQUIRE_TARGET_US:g} µs"
-        f" ({'met' if acquire_met else '**MISSED**'}). In the cells,"
+        f" ({'met' if acquire_ok else '**MISSED**'}). In the cells,"
         f" tether is ahead of (or level with) every peer in {ahead} of {groups} (driver,"
         " threads) groups."
         + ("" if all_met else " Why targets are missed: *Reading the figures* below."),
@@ -725,9 +728,10 @@ def costs_section(r: Results) -> list[str]:
         "## Connect cost",
         "",
         "ms per connect + close (median; the ways interleaved). tether's row is its own"
-        " connect path, `Pool._open` then a close: the driver's connect with the TLS context"
-        " the pool built once, socket tuning (keepalive, `TCP_USER_TIMEOUT`) and one `SET` for"
-        " session tracking. It is what the pool pays each time it opens a connection.",
+        " connect path, the pool's connector opening a connection and then closing it: the"
+        " driver's connect (PyMySQL's with the TLS context the pool built once), socket"
+        " tuning (keepalive, `TCP_USER_TIMEOUT`) and one `SET` for session tracking. It is"
+        " what the pool pays each time it opens a connection.",
         "",
     ]
     names = list(r.connect[d[0]])
@@ -751,10 +755,9 @@ def profile_section(r: Results) -> list[str]:
         f" not count), median of {r.plan.breakdown_rounds} quickly alternated rounds of"
         f" {r.plan.breakdown_requests:,} requests, {r.breakdown_where} (the profile too)."
         " The in-context figure is the larger one: there tether's code and objects compete"
-        " with the driver's (and, on a shared core, the server's) for the CPU caches. That is"
-        " why check-out, give-back, `cursor()` and `execute()` run compiled"
-        " (`tether._speedups`): in Python their bytecode cost 3-4x its alone figure in"
-        " context; the last row shows the pure-Python paths measured the same way.",
+        " with the driver's (and, on a shared core, the server's) for the CPU caches, and"
+        " a line of them fetched from further away costs the same whether one instruction"
+        " or fifty use it.",
         "",
     ]
 
@@ -777,10 +780,6 @@ def profile_section(r: Results) -> list[str]:
         [
             "in context: tether ThreadLocalPool extra, CPU µs",
             *(fmt(b[x].extra(FULL_LOCAL)) for x in d),
-        ],
-        [
-            "in context: tether Pool on pure-Python paths extra, CPU µs",
-            *(fmt(b[x].extra(FULL_POOL_PURE)) for x in d),
         ],
     ]
     lines += table(["", *d], rows)
@@ -809,11 +808,11 @@ def profile_section(r: Results) -> list[str]:
 
 
 def slices_text(p: Plan) -> str:
-    """How many slices the A/B ran: "2100 slices at 1 thread, 4200 slices at 16 threads"."""
+    """How many slices of each variant the A/B ran: "300 at 1 thread, 600 at 16 threads"."""
     counts = [(t, p.ab_slices[t]) for t in p.ab_threads]
     if len({n for _, n in counts}) == 1:
-        return f"{counts[0][1]} slices"
-    return ", ".join(f"{n} slices at {label(t)}" for t, n in counts)
+        return f"{counts[0][1]} slices of each variant"
+    return "slices of each variant: " + ", ".join(f"{n} at {label(t)}" for t, n in counts)
 
 
 def ab_section(r: Results) -> list[str]:
@@ -824,34 +823,49 @@ def ab_section(r: Results) -> list[str]:
             return r.ab_where[layout]
         if layout in r.ab_skipped:
             return f"not run: {r.ab_skipped[layout]}"
-        return "not run in a quick run"
+        return "not run in this run"
 
     lines = [
         "## Interleaved A/B",
         "",
-        f"The same {', '.join(str(t) for t in p.ab_threads)} worker thread(s) alternate"
+        f"The same worker threads ({', '.join(label(t) for t in p.ab_threads)}) alternate"
         f" between the variants in {p.ab_slice_seconds:g} s slices ({slices_text(p)};"
         " every cycle one slice of each variant, in a new random order), so every variant"
         " sees the same machine state. A slice begins with the threads finishing what they"
         " started in the slice before, so the order is shuffled: in a fixed cyclic order each"
         " variant always followed the same one, and at 16 threads two raw variants on like"
-        " connections ran 2-4% apart for that alone."
-        " Raw runs on the very driver connections the pool it is compared with holds (each"
-        " thread checks one out once, then uses its driver connection directly): two"
-        " connections' requests can run several percent apart for as long as both are open,"
-        " which is more than what is measured. *raw held connection* runs on tether"
-        " ThreadLocalPool's connections, *raw held connection, again* on tether Pool's. A Pool"
-        " connection goes to another thread only when that thread's own is busy, so before"
-        " the warm-up every thread holds one of the Pool's at the same time: from then on each"
-        " gets its own back, and raw never shares one with another thread (checked: the run"
-        " fails if the Pool opened or closed a connection meanwhile, or a request failed)."
-        " **queries/s** = the mean over the variant's slices; **ratio** = that over the raw"
+        " connections ran 2-4% apart for that alone.",
+        "",
+        f"Up to {POOL_SIZE} threads the variants are `tether.Pool` and"
+        f" `tether.ThreadLocalPool` (sized {POOL_SIZE}), *{DEFAULTS}* (`ThreadLocalPool(dsn)`,"
+        " no option at all: at most 10 connections, maintenance and watchdog on), and raw"
+        " on the very driver connections of the pool it is compared with (each thread checks"
+        " one out once, then uses its driver connection directly): two connections' requests"
+        " can run several percent apart for as long as both are open, which is more than"
+        " what is measured. *raw held connection* runs on tether ThreadLocalPool's"
+        " connections (the base of ThreadLocalPool's ratios, and of the defaults pool's,"
+        " which has fewer connections than threads at 16), *raw held connection, again* on"
+        " tether Pool's (the base of Pool's). Those two pools run without background"
+        " maintenance, whose once-a-second poll of idle sockets would take a raw reply on an"
+        ' "idle" connection for a server-side close. A Pool connection goes to another thread'
+        " only when that thread's own is busy, so before the warm-up every thread holds one"
+        " of the Pool's at the same time: from then on each gets its own back, and raw never"
+        " shares one with another thread (checked: the run fails if a pool raw runs on opened"
+        " or closed a connection meanwhile, or a request failed).",
+        "",
+        f"At {label(WIDE)}: `tether.Pool` and `tether.ThreadLocalPool` of {POOL_SIZE}"
+        f" (their defaults otherwise), shared by the {WIDE} threads, against raw with {WIDE}"
+        f" connections, one held by each thread (opened by tether's connect path, in a pool"
+        f" of {WIDE} that raw uses the same way, so the sessions are set up alike); *raw held"
+        " connection, again* on a second such set.",
+        "",
+        "**queries/s** = the mean over the variant's slices; **ratio** = that over its raw"
         " variant's (the ratio of their requests: slices last the same); **ratio range** = a"
         " 95% interval, from resampling the A/B's cycles (each cycle ran one slice of every"
         " variant, so raw and the variant stay paired). Short slices, many of them: the host"
         " drifts between speeds within a second, and only slices much shorter than that let"
-        " every variant see the same mix of them. Controls: *raw held connection, again* against"
-        " *raw held connection* shows how far two sets of connections land apart (the"
+        " every variant see the same mix of them. Controls: *raw held connection, again*"
+        " against *raw held connection* shows how far two sets of connections land apart (the"
         f" precision of the other ratios); *{micro.RawPlusPython.name}* adds that much CPU per"
         " request and nothing else: what extra CPU alone costs at that thread count.",
         "",
@@ -874,7 +888,7 @@ def ab_section(r: Results) -> list[str]:
     rows = []
     for (layout, driver, threads), per_slice in r.ab.items():
         for name, values in per_slice.items():
-            got = ab_ratios(per_slice, name)
+            got = ab_ratios(per_slice, name, threads)
             if not values:
                 continue
             rows.append(
@@ -936,13 +950,14 @@ def why_section(r: Results) -> list[str]:
         lines += [f"  - {m}" for m in missed]
     else:
         lines.append("- Every throughput target was met in this run.")
-    if max(r.plan.thread_counts) > POOL_SIZE:
+    if WIDE in r.plan.thread_counts or WIDE in r.plan.ab_threads:
         lines.append(
-            "- At 64 threads the raw variant holds 64 connections (one per thread) and DBUtils"
-            " PersistentDB opens 64 too: nobody waits. The bounded pools share 16, so 48"
-            " threads wait at any moment; tether hands a returned connection straight to the"
-            " longest waiting thread (first come, first served: the low p99), which costs a"
-            " thread switch and a GIL hand-off per request."
+            f"- At {WIDE} threads the raw variant holds {WIDE} connections (one per thread) and"
+            f" DBUtils PersistentDB opens {WIDE} too: nobody waits. The bounded pools share"
+            f" {POOL_SIZE} ({DEFAULTS}: 10), so most threads wait at any moment; tether hands a"
+            " returned connection straight to the longest waiting thread (first come, first"
+            " served: the low p99), which costs a thread switch and a GIL hand-off per"
+            " request."
         )
     spreads = []
     for driver in r.plan.drivers:
@@ -1003,16 +1018,18 @@ def missed_text(r: Results, v: Verdict) -> str:
     head = f"{v.name}, {v.driver}, {label(v.threads)}, {MEASURED_IN[v.measured_in]}:"
     head += f" {v.shown} ({v.low:.2f}-{v.high:.2f})."
     if v.measured_in != CELLS:
-        per_slice = r.ab[(v.measured_in, v.driver, v.threads)]
-        control = ab_ratios(per_slice, micro.RawPlusPython.name)
-        again = ab_ratios(per_slice, micro.RawAgain.name)
+        key = (v.measured_in, v.driver, v.threads)
+        per_slice = r.ab[key]
+        control = ab_ratios(per_slice, micro.RawPlusPython.name, v.threads)
+        again = ab_ratios(per_slice, micro.RawAgain.name, v.threads)
         said = f" The control got {control[0]:.2f} in the same A/B." if control else ""
         if again:
             said += f" The raw variant against itself: {again[0]:.2f}."
+        said += events_text(r.ab_events.get(key, {}).get(v.name))
         b = r.breakdowns[v.driver]
         step = FULL_POOL if v.name == micro.TetherPool.name else FULL_LOCAL
         if v.threads == 1 and b.extra(step) > 0:  # the breakdown runs unpinned: it can be < 0
-            wall = 1e6 / median(per_slice[micro.Raw.name])
+            wall = 1e6 / median(per_slice[micro.base_of(v.name, v.threads)])
             expected = wall / (wall + b.extra(step))
             return (
                 f"{head} One request at a time: tether's {b.extra(step):.1f} µs of CPU (in"
@@ -1039,49 +1056,32 @@ def missed_text(r: Results, v: Verdict) -> str:
     )
 
 
+def events_text(events: dict[str, int] | None) -> str:
+    """What a tether variant's pool did during the A/B's slices, where it did more than hand
+    out its idle connections."""
+    if not events or not events.get("checkouts"):
+        return ""
+    n = events["checkouts"]
+    parts = [
+        f"{events[k]:,} {what}"
+        for k, what in (
+            ("waits", "waited for a connection"),
+            ("takeovers", "took over another thread's connection"),
+            ("resets", "reset a session"),
+            ("pings", "pinged"),
+            ("opened", "opened a connection"),
+        )
+        if events.get(k)
+    ]
+    if not parts:
+        return ""
+    return f" Of its pool's {n:,} check-outs in the slices: {', '.join(parts)}."
+
+
 def peer_costs(r: Results, driver: str) -> str:
     peers = [n for n in r.acquire[driver] if not n.startswith("tether")]
     values = sorted(r.acquire[driver][n] for n in peers)
     return f"{values[0]:.0f}-{values[-1]:.0f}" if values else "-"
-
-
-def cold_section(r: Results) -> list[str]:
-    lines = [
-        "## Cold-cache cost",
-        "",
-        "Why tether's few µs alone cost more in context: between two requests the server and"
-        " the kernel have run, and the caches hold their lines, not the client's. A request"
-        " then costs what it touches for the first time, in distinct cache lines of code and"
-        " data, more than what it executes. Counted per request by valgrind's cache simulator"
-        f" (`{cold.__name__}.py`: an 8 MiB copy empties a simulated 1 MiB last-level cache before"
-        " every request; one hash seed for every process; the counts do not depend on what"
-        " else the machine does). One thing still moves a count, by up to some 60 lines:"
-        " which of a request's look-ups of names on classes collide in CPython's type"
-        " attribute cache, and so miss it on every request. That changes with any change of"
-        " code or memory layout, in the timed runs from process to process; so each variant"
-        f" runs under {cold.LAYOUTS} layouts of that cache and the table shows the run with"
-        " the median total, and the least and most over the layouts. Shown: instructions,"
-        " and lines of code and data fetched into that cache. *over raw*: the lines a tether"
-        " variant touches beyond the raw held connection's for the same request.",
-        "",
-    ]
-    if not r.cold:
-        return [*lines, r.cold_note or "Not run.", ""]
-    for driver, counts in r.cold.items():
-        lines += cold.table_lines(driver, counts.rows)
-    where = [x for driver, counts in r.cold.items() for x in cold.functions_lines(driver, counts)]
-    if where:
-        lines += [
-            "Where tether Pool's lines beyond raw's are, per function: the functions with the"
-            " most, and the sum per object (tether's compiled `_speedups`, CPython's"
-            " `libpython3`, the C library, the driver). A line counts for the function that"
-            " first touches it after the caches were emptied.",
-            "",
-            *where,
-        ]
-    if r.cold_note:
-        lines += [r.cold_note, ""]
-    return lines
 
 
 def web_section(r: Results) -> list[str]:
@@ -1124,7 +1124,8 @@ def ratio_chart(r: Results, path: Path) -> None:
             xs = [j + i * width for j in range(len(names))]
             ax.bar(xs, values, width, label=label(threads))
         ax.axhline(1.0, color="black", linewidth=0.8)
-        ax.axhline(0.95, color="grey", linewidth=0.8, linestyle="--")
+        for level in sorted({target(t) for t in AB_THREADS}):
+            ax.axhline(level, color="grey", linewidth=0.8, linestyle="--")
         ax.set_xticks([j + width * (len(counts) - 1) / 2 for j in range(len(names))])
         ax.set_xticklabels(names, rotation=20, ha="right", fontsize=8)
         ax.set_ylabel("queries/s / raw held connection")
