@@ -136,7 +136,7 @@ class PooledConnection:
         return raw is not None and bool(raw.open)
 
     def __del__(self) -> None:
-        lease = self._lease
+        lease = getattr(self, "_lease", None)  # unset if __init__ was cut short
         if lease is not None:
             # At interpreter shutdown the pool may be half torn down: nothing left to do.
             with contextlib.suppress(Exception):

@@ -224,18 +224,19 @@ class Connector:
 
     def close(self, entry: Entry) -> None:
         """Close ``entry``'s connection: politely (``QUIT``) in the process that opened it,
-        without a byte on its socket in any other (a forked child). Idempotent; never
-        raises."""
-        raw, entry.raw = entry.raw, None
+        without a byte on its socket in any other (a forked child). Idempotent: closed
+        first, forgotten after, so a close cut short is finished by the next."""
+        raw = entry.raw
         if raw is None:
             return
         if entry.pid == os.getpid():
             self.driver.close(raw)
         else:
             self.driver.abandon(raw)
+        entry.raw = None
 
     def abandon(self, entry: Entry) -> None:
         """Drop ``entry``'s connection without a byte on its socket."""
-        raw, entry.raw = entry.raw, None
-        if raw is not None:
-            self.driver.abandon(raw)
+        if entry.raw is not None:
+            self.driver.abandon(entry.raw)
+        entry.raw = None

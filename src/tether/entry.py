@@ -15,7 +15,20 @@ from collections.abc import Callable
 from types import CodeType
 from typing import Any
 
-__all__ = ["Entry", "Lease"]
+__all__ = ["Entry", "Lease", "Round", "Wake"]
+
+
+class Wake:
+    """How a queued holder is woken, given by the pool flavour: ``notify()`` is called (under
+    the pool's lock) when it is granted something; ``signal`` is what it blocks on (a lock,
+    a future); ``error`` is set instead of a grant when the pool closes."""
+
+    __slots__ = ("error", "notify", "signal")
+
+    def __init__(self, signal: Any, notify: Callable[[], None]) -> None:
+        self.signal = signal
+        self.notify = notify
+        self.error: BaseException | None = None
 
 
 class Lease:
@@ -25,17 +38,7 @@ class Lease:
     cancellation) is found through it and taken back. ``entry.holder is lease`` is what
     makes a lease valid: a stale lease can never touch a connection again."""
 
-    __slots__ = (
-        "acquired",
-        "entry",
-        "error",
-        "ident",
-        "notify",
-        "signal",
-        "since",
-        "stack",
-        "thread",
-    )
+    __slots__ = ("entry", "ident", "origin", "since", "thread", "wake")
 
     def __init__(self, thread: threading.Thread | None) -> None:
         #: The entry granted to this lease (``entry.holder is self`` while it is valid).
@@ -45,32 +48,44 @@ class Lease:
         #: is never a borrower.
         self.thread = thread
         self.ident = thread.ident or 0 if thread is not None else 0
-        #: Wakes the holder while it waits (set by the pool flavour: a lock's release, a
-        #: future's set_result), and the object the holder waits on.
-        self.notify: Callable[[], None] | None = None
-        self.signal: Any = None
-        #: Set instead of an entry when the pool closes under a waiting holder.
-        self.error: BaseException | None = None
         #: When the connection was handed out (monotonic).
         self.since = 0.0
-        #: Where it was acquired, for leak reports and timeout messages: (code, offset) of
-        #: the caller, or the whole stack when leak_timeout is set.
-        self.acquired: tuple[CodeType, int] | None = None
-        self.stack: traceback.StackSummary | None = None
+        #: Where it was acquired, for leak reports and timeout messages: the caller's
+        #: (code, instruction offset), or the whole stack when leak_timeout is set.
+        self.origin: tuple[CodeType, int] | traceback.StackSummary | None = None
+        #: Set while the holder waits in the queue.
+        self.wake: Wake | None = None
 
     def where(self) -> str:
         """Where the holder acquired the connection, for messages."""
-        if self.stack:
-            return "".join(traceback.format_list(self.stack)).rstrip()
-        if self.acquired is None:
+        origin = self.origin
+        if isinstance(origin, traceback.StackSummary):
+            return "".join(traceback.format_list(origin)).rstrip()
+        if origin is None:
             return "unknown"
-        code, offset = self.acquired
+        code, offset = origin
         line = code.co_firstlineno
         for start, end, number in code.co_lines():
             if start <= offset < end and number is not None:
                 line = number
                 break
         return f"{code.co_filename}:{line} in {code.co_name}"
+
+
+class Round:
+    """A stretch of the pool's own work (a maintenance round, closing the pool): the leases
+    it makes are recorded here as they are made, so that if the round is cut short, every
+    one of them (even one made by a loop the exception left half-way) is taken back."""
+
+    __slots__ = ("leases",)
+
+    def __init__(self) -> None:
+        self.leases: list[Lease] = []
+
+    def lease(self) -> Lease:
+        lease = Lease(None)
+        self.leases.append(lease)
+        return lease
 
 
 class Entry:

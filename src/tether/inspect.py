@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from .config import DEFAULTS, lifetimes_under
 from .drivers import get_driver
 from .dsn import DSN, parse_dsn
 
@@ -45,11 +46,6 @@ ABORTED_HELP = {
     "Aborted_connects": "failed connection attempts: wrong password, missing grants, a "
     "connection cap reached, or a handshake that timed out",
 }
-
-# Defaults of tether.Pool that the advice keeps unless the server's wait_timeout is lower.
-POOL_MAX_LIFETIME = 1800.0
-POOL_IDLE_TIMEOUT = 600.0
-POOL_KEEPALIVE = 60.0
 
 # Errors that mean "this account may not see that" or "this server has no such thing": the
 # report says so and goes on. Any other error (a lost connection) ends the inspection.
@@ -248,17 +244,16 @@ def reserve_for(cap: int) -> int:
 
 def lifetimes(wait_timeout: int | None) -> tuple[float | None, float | None, float | None]:
     """``(max_lifetime, idle_timeout, keepalive)`` for a server with this ``wait_timeout``: the
-    pool's defaults, lowered under the server's cut with the margin the pool uses itself (10%,
-    at least a second), and keepalive pings at most half that apart."""
+    pool's defaults lowered by the rule the pool applies itself
+    (:func:`tether.config.lifetimes_under`), in whole seconds where that only lowers them."""
     if wait_timeout is None or wait_timeout <= 0:
         return None, None, None
-    limit = max(0.5, wait_timeout - max(1.0, 0.1 * wait_timeout))
-    if limit >= 2:
-        limit = float(math.floor(limit))  # whole seconds read better and only lower it
-    keepalive = min(POOL_KEEPALIVE, limit / 2)
-    if keepalive >= 2:
-        keepalive = float(math.floor(keepalive))
-    return min(POOL_MAX_LIFETIME, limit), min(POOL_IDLE_TIMEOUT, limit), keepalive
+    found = lifetimes_under(DEFAULTS, wait_timeout)
+
+    def whole(value: float | None) -> float | None:
+        return float(math.floor(value)) if value is not None and value >= 2 else value
+
+    return whole(found.max_lifetime), whole(found.idle_timeout), whole(found.keepalive)
 
 
 def _positive(value: int | None) -> int | None:

@@ -24,7 +24,7 @@ from .classify import ErrorKind, classify
 from .config import PoolConfig
 from .connector import Connector
 from .drivers.sockets import break_socket, readable
-from .entry import Entry, Lease
+from .entry import Entry, Lease, Round
 from .selection import alive_threads
 from .state import PoolState
 from .watchdog import probe_sessions
@@ -32,6 +32,9 @@ from .watchdog import probe_sessions
 __all__ = ["Housekeeper"]
 
 logger = logging.getLogger("tether")
+
+# Why maintenance takes an idle connection that it does not retire: to ping it.
+_KEEPALIVE = "keepalive"
 
 
 class Housekeeper:
@@ -52,25 +55,26 @@ class Housekeeper:
         self.connector = connector
         self.config = config
         self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._started = False
+        self._spawn_lock = threading.Lock()
+        self._threads: dict[str, threading.Thread] = {}
+        self._running = False
 
     # ------------------------------------------------------------------ threads
 
     def ensure_started(self, pool: object) -> None:
         """Start the threads, once (they watch ``pool`` weakly)."""
-        if self._started:
+        if self._running:
             return
-        with self.lock:
-            if self._started or self.state.closed:
+        with self._spawn_lock:
+            if self._running or self._stop.is_set():
                 return
-            self._started = True
-        ref = weakref.ref(pool)
-        self._spawn(ref, "maintenance", self._maintenance_interval, self.maintain)
-        if self.config.watchdog is not None:
-            # Looks often enough to see a stuck call soon after it crosses the threshold.
-            every = min(0.5, self.config.watchdog / 4)
-            self._spawn(ref, "watchdog", lambda: every, self.watch)
+            ref = weakref.ref(pool)
+            self._spawn(ref, "maintenance", self._maintenance_interval, self.maintain)
+            if self.config.watchdog is not None:
+                # Looks often enough to see a stuck call soon after it crosses the threshold.
+                every = min(0.5, self.config.watchdog / 4)
+                self._spawn(ref, "watchdog", lambda: every, self.watch)
+            self._running = True
 
     def start(self, pool: object) -> None:
         """Start now if the pool keeps connections open even when unused (``min_size``)."""
@@ -84,14 +88,16 @@ class Housekeeper:
         interval: Callable[[], float],
         work: Callable[[], None],
     ) -> None:
+        if what in self._threads:
+            return
         thread = threading.Thread(
             target=_background,
             args=(ref, self._stop, interval, work, f"{self.name}: {what}", self._orphaned),
             name=f"tether-{what}-{self.name}",
             daemon=True,
         )
-        self._threads.append(thread)
         thread.start()
+        self._threads[what] = thread
 
     def _maintenance_interval(self) -> float:
         limit = self.connector.lifetimes.idle_limit
@@ -101,43 +107,80 @@ class Housekeeper:
     def stop(self, timeout: float) -> None:
         """Stop the threads, waiting for each at most ``timeout`` seconds."""
         self._stop.set()
-        for thread in self._threads:
+        for thread in list(self._threads.values()):
             if thread is not threading.current_thread():
                 thread.join(timeout)
 
     def _orphaned(self) -> None:
         """The pool was garbage-collected without being closed: close what is idle."""
-        with self.lock:
-            if self.state.closed:
-                return
-            idle = self.state.close(lambda: RuntimeError("pool collected"), time.monotonic())
-        for entry in idle:
-            self.connector.close(entry)
+        work = Round()
+        try:
+            with self.lock:
+                self.state.close(lambda: RuntimeError("pool collected"))
+                taken = self.state.take_idle(
+                    time.monotonic(), lambda entry: "pool closed", work.lease
+                )
+            for entry, reason in taken:
+                self._retire(entry, reason)
+        except BaseException:
+            self._give_up(work)
+            raise
 
     # ------------------------------------------------------------------ maintenance
 
     def maintain(self) -> None:
-        """One round of maintenance."""
+        """One round of maintenance. Cut short anywhere, it gives back what it took."""
+        work = Round()
+        try:
+            self._maintain(work)
+        except BaseException:
+            self._give_up(work)
+            raise
+
+    def _maintain(self, work: Round) -> None:
         state, config = self.state, self.config
         lifetimes = self.connector.lifetimes
         now = time.monotonic()
+
+        def retire(entry: Entry) -> str | None:
+            if now >= entry.expires:
+                return "max lifetime reached"
+            if (
+                lifetimes.idle_timeout is not None
+                and now - entry.returned_at >= lifetimes.idle_timeout
+                and state.size > state.min_size
+            ):
+                return "idle timeout"
+            if readable(entry.poller):
+                return "closed by the server"
+            if lifetimes.keepalive is not None and now - entry.last_used >= lifetimes.keepalive:
+                return _KEEPALIVE
+            return None
+
         with self.lock:
             if state.closed:
                 return
-            collected = state.collect(now)
-            retired = state.retire_idle(
-                now, idle_timeout=lifetimes.idle_timeout, dead=lambda e: readable(e.poller)
-            )
-            to_ping = state.take_for_keepalive(now, lifetimes.keepalive, _own_lease)
+            collected = state.collect()
+            taken = state.take_idle(now, retire, work.lease)
             leaks = state.held_too_long(now, config.leak_timeout)
-            refills = state.reserve_refill(_own_lease, now)
+            refills = state.reserve_refill(work.lease, now)
             if state.selection.keeps_sessions:
                 state.reclaim_orphans(alive_threads())
-        self.close_collected(collected)
-        for entry, _reason in retired:
-            self.connector.close(entry)
-        for entry in to_ping:
-            self._keepalive(entry)
+        for entry, where in collected:
+            logger.warning(
+                "%s: connection %d was garbage-collected without being returned;"
+                " acquired at %s",
+                self.name,
+                entry.session_id,
+                where,
+            )
+            # Its state is unknown (maybe mid-transaction): closed rather than reused.
+            self._retire(entry, "garbage-collected while checked out")
+        for entry, reason in taken:
+            if reason is _KEEPALIVE:
+                self._keepalive(entry)
+            else:
+                self._retire(entry, reason)
         for entry in leaks:
             holder = entry.holder
             logger.warning(
@@ -147,87 +190,73 @@ class Housekeeper:
                 config.leak_timeout,
                 holder.where() if holder is not None else "unknown",
             )
-        for index, lease in enumerate(refills):
+        for lease in refills:
             if not self._refill(lease):
-                self._give_up(refills[index + 1 :])
-                break
+                break  # backing off: the slots left are given back below
+        self._give_up(work)  # what is still held or reserved: slots of failed refills
 
     def _keepalive(self, entry: Entry) -> None:
-        lease = entry.holder
-        assert lease is not None
         try:
-            try:
-                self.connector.ping(entry, self.config.ping_timeout)
-                alive = True
-            except self.connector.driver.Error as exc:
-                alive = False
-                logger.debug("%s: keepalive of %d failed: %s", self.name, entry.session_id, exc)
+            self.connector.ping(entry, self.config.ping_timeout)
+        except self.connector.driver.Error as exc:
+            logger.debug("%s: keepalive of %d failed: %s", self.name, entry.session_id, exc)
             with self.lock:
-                counters = self.state.counters
-                counters.pings += 1
-                if alive:
-                    close = self.state.checkin(entry, time.monotonic()) is not None
-                else:
-                    counters.ping_failures += 1
-                    close = self.state.discard(
-                        entry, lease, "no answer to keepalive ping", time.monotonic()
-                    )
-        except BaseException:
-            self._give_up([lease])
-            raise
-        if close:
-            self.connector.close(entry)
+                self.state.counters.pings += 1
+                self.state.counters.ping_failures += 1
+            self._retire(entry, "no answer to keepalive ping")
+            return
+        with self.lock:
+            self.state.counters.pings += 1
+            reason = self.state.checkin(entry, time.monotonic())
+        if reason is not None:
+            self._retire(entry, reason)
 
     def _refill(self, lease: Lease) -> bool:
         """Open a connection in a slot reserved for ``min_size``; ``False`` if it failed."""
         try:
-            try:
-                entry = self.connector.open(time.monotonic() + self.config.connect_timeout)
-            except Exception as exc:
-                kind = classify(exc, self.connector.driver, self.config.error_kinds)
-                with self.lock:
-                    self.state.open_failed(
-                        lease,
-                        exc,
-                        wait_out=kind in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT),
-                        capacity=kind is ErrorKind.CAPACITY,
-                        now=time.monotonic(),
-                    )
-                logger.warning("%s: refill failed: %s: %s", self.name, type(exc).__name__, exc)
-                return False
+            entry = self.connector.open(time.monotonic() + self.config.connect_timeout)
+        except self.connector.driver.Error as exc:
+            kind = classify(exc, self.connector.driver, self.config.error_kinds)
+            with self.lock:
+                self.state.open_failed(
+                    lease,
+                    exc,
+                    wait_out=kind in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT),
+                    capacity=kind is ErrorKind.CAPACITY,
+                    now=time.monotonic(),
+                )
+            logger.warning("%s: refill failed: %s: %s", self.name, type(exc).__name__, exc)
+            return False
+        try:
             with self.lock:
                 self.state.opened(lease, entry, time.monotonic())
-                close = self.state.checkin(entry, time.monotonic()) is not None
+                reason = self.state.checkin(entry, time.monotonic())
         except BaseException:
-            self._give_up([lease])
+            if lease.entry is not entry:  # never registered: nobody else knows of it
+                self.connector.close(entry)
             raise
-        if close:
-            self.connector.close(entry)
+        if reason is not None:
+            self._retire(entry, reason)
         return True
 
-    def _give_up(self, leases: list[Lease]) -> None:
-        """Take back what was granted to leases of this round's work."""
-        closing = []
+    def _retire(self, entry: Entry, reason: str) -> None:
+        """Close a connection this round holds, then take it out of the pool."""
         with self.lock:
-            for lease in leases:
-                entry = self.state.abandon(lease, time.monotonic())
-                if entry is not None:
-                    closing.append(entry)
-        for entry in closing:
-            self.connector.close(entry)
+            # From here on it never goes back to the pool, and the watchdog leaves its
+            # descriptor alone.
+            entry.broken = True
+            entry.fd = -1
+        self.connector.close(entry)
+        with self.lock:
+            self.state.unregister(entry, reason, time.monotonic())
 
-    def close_collected(self, found: list[tuple[Entry, str]]) -> None:
-        """Close the connections of garbage-collected proxies, with a warning each."""
-        for entry, where in found:
-            logger.warning(
-                "%s: connection %d was garbage-collected without being returned;"
-                " acquired at %s",
-                self.name,
-                entry.session_id,
-                where,
-            )
-            # Its state is unknown (maybe mid-transaction): closed rather than reused.
-            self.connector.close(entry)
+    def _give_up(self, work: Round) -> None:
+        """Take back what the round's leases still hold or reserve."""
+        for lease in work.leases:
+            with self.lock:
+                entry = self.state.abandon(lease, time.monotonic())
+            if entry is not None:
+                self._retire(entry, "maintenance interrupted")
 
     # ------------------------------------------------------------------ watchdog
 
@@ -264,7 +293,7 @@ class Housekeeper:
             with self.lock:
                 # Still the same call on the same connection: broken under the lock, so its
                 # descriptor cannot be closed and reused meanwhile.
-                if entry.in_flight != since or entry not in self.state.entries:
+                if entry.in_flight != since or entry not in self.state.entries or entry.fd < 0:
                     continue
                 entry.watchdog_fired = True
                 self.state.counters.watchdog_breaks += 1
@@ -276,11 +305,6 @@ class Housekeeper:
                 time.monotonic() - since,
                 reason,
             )
-
-
-def _own_lease() -> Lease:
-    """A lease for the pool's own work (ident 0: never a borrower)."""
-    return Lease(None)
 
 
 def _background(

@@ -27,10 +27,9 @@ __all__ = [
     "Check",
     "Cleanup",
     "Outcome",
-    "checkout_check",
-    "expiry",
-    "release_plan",
+    "Rules",
     "after_disconnect",
+    "expiry",
 ]
 
 # A connection back in the pool for less than this (a tight loop) is handed out again without
@@ -46,33 +45,6 @@ class Check(enum.Enum):
     POLL = "poll"  # one poll() of its socket: a closed session reads as ready
     PING = "ping"  # idle past ping_after: a round trip with a hard timeout
     RESET = "reset"  # another thread's session, kept as it left it: reset before use
-
-
-def checkout_check(
-    entry: Entry,
-    now: float,
-    *,
-    pid: int,
-    ident: int,
-    ping_after: float,
-    idle_limit: float | None,
-) -> Check | str:
-    """What ``entry`` needs before it is handed out to thread ``ident``, or why it must be
-    replaced instead (a string: the reason, for logs and stats)."""
-    if entry.pid != pid:
-        return "inherited from parent process"
-    if now >= entry.expires:
-        return "max lifetime reached"
-    idle = now - entry.last_used
-    if idle_limit is not None and idle >= idle_limit:
-        return "idle past the server's wait_timeout"
-    if entry.dirty and entry.owner != ident:
-        return Check.RESET
-    if idle < TRUSTED:
-        return Check.TRUST
-    if idle > ping_after:
-        return Check.PING
-    return Check.POLL
 
 
 def expiry(now: float, lifetime: float | None, rand: Callable[[], float] = random.random) -> float:
@@ -117,39 +89,105 @@ class Cleanup(enum.Flag):
     AUTOCOMMIT = enum.auto()  # autocommit was flipped: set it back
 
 
-def release_plan(
-    entry: Entry,
-    bits: int | None,
-    *,
-    autocommit: bool,
-    keeps_session: bool,
-    status_after_results: bool,
-    more_results_in_status: bool,
-) -> Cleanup | str:
-    """What giving ``entry`` back takes, judged on the status bits of the server's last reply
-    (``None``: the driver can't tell) and on tether's own record; or why it must be closed
-    instead (a string). ``keeps_session``: the thread-mapped pool keeps a thread's session
-    as it left it (reset only when another thread takes it over)."""
-    if entry.in_flight:
-        return "a call was interrupted: the protocol state is unknown"
-    if entry.broken:
-        return "connection lost"
-    if entry.unbuffered:
-        return "unread results"
-    if bits is None:
-        if entry.dirty and not keeps_session:
+class Rules:
+    """The check-out and give-back decisions of one pool: its configuration and its driver's
+    quirks, bound once (these run on every check-out and give-back)."""
+
+    __slots__ = (
+        "_clean_bits",
+        "_release_mask",
+        "autocommit",
+        "keeps_sessions",
+        "more_results_in_status",
+        "ping_after",
+        "status_after_results",
+    )
+
+    def __init__(
+        self,
+        *,
+        autocommit: bool,
+        keeps_sessions: bool,
+        ping_after: float,
+        status_after_results: bool,
+        more_results_in_status: bool,
+    ) -> None:
+        self.autocommit = autocommit
+        #: The thread-mapped pool keeps a thread's session as it left it (reset only when
+        #: another thread takes it over).
+        self.keeps_sessions = keeps_sessions
+        self.ping_after = ping_after
+        #: Whether the driver's status bits are refreshed by result sets too.
+        self.status_after_results = status_after_results
+        #: Whether they say when more result sets follow.
+        self.more_results_in_status = more_results_in_status
+        # The common give-back in one comparison: of the bits a give-back looks at (open
+        # transaction, autocommit, session state changed, more results where the driver
+        # reports them), a clean session shows autocommit as configured and nothing else.
+        # With autocommit off and a driver that hides the status after result sets, a
+        # session is never known clean (-1 matches no bits).
+        self._release_mask = STATUS_IN_TRANS | STATUS_AUTOCOMMIT | STATUS_SESSION_STATE_CHANGED
+        if more_results_in_status:
+            self._release_mask |= STATUS_MORE_RESULTS
+        self._clean_bits = STATUS_AUTOCOMMIT if autocommit else 0
+        if not autocommit and not status_after_results:
+            self._clean_bits = -1
+
+    def check(
+        self, entry: Entry, now: float, ident: int, pid: int, idle_limit: float | None
+    ) -> Check | str:
+        """What ``entry`` needs before it is handed out to thread ``ident`` (in process
+        ``pid``, the server dropping sessions idle for ``idle_limit``), or why it must be
+        replaced instead (a string: the reason, for logs and stats).
+
+        Two clocks: the server's idle timeout runs from the last reply (``last_used``); how
+        much to trust the connection runs from when it came back (``returned_at``), as
+        HikariCP's bypass window does: one given back a moment ago was in use a moment ago.
+        """
+        if entry.pid != pid:
+            return "inherited from parent process"
+        if now >= entry.expires:
+            return "max lifetime reached"
+        if idle_limit is not None and now - entry.last_used >= idle_limit:
+            return "idle past the server's wait_timeout"
+        if entry.dirty and entry.owner != ident:
+            return Check.RESET
+        idle = now - entry.returned_at
+        if idle < TRUSTED:
+            return Check.TRUST
+        if idle > self.ping_after:
+            return Check.PING
+        return Check.POLL
+
+    def release(self, entry: Entry, bits: int | None) -> Cleanup | str:
+        """What giving ``entry`` back takes, judged on the status bits of the server's last
+        reply (``None``: the driver can't tell) and on tether's own record; or why it must
+        be closed instead (a string)."""
+        if entry.in_flight:
+            return "a call was interrupted: the protocol state is unknown"
+        if entry.broken or entry.raw is None:
+            return "connection lost"
+        if entry.unbuffered:
+            return "unread results"
+        if bits is not None and bits & self._release_mask == self._clean_bits and (
+            not entry.dirty or self.keeps_sessions
+        ):
+            return Cleanup.NONE
+        keeps_session = self.keeps_sessions
+        if bits is None:
+            if entry.dirty and not keeps_session:
+                return Cleanup.RESET
+            return Cleanup.ROLLBACK
+        if bits & STATUS_MORE_RESULTS and self.more_results_in_status:
+            return "unread results"
+        if (entry.dirty or bits & STATUS_SESSION_STATE_CHANGED) and not keeps_session:
             return Cleanup.RESET
-        return Cleanup.ROLLBACK
-    if bits & STATUS_MORE_RESULTS and more_results_in_status:
-        return "unread results"
-    if (entry.dirty or bits & STATUS_SESSION_STATE_CHANGED) and not keeps_session:
-        return Cleanup.RESET
-    plan = Cleanup.NONE
-    if bits & STATUS_IN_TRANS or (not autocommit and not status_after_results):
-        plan |= Cleanup.ROLLBACK
-    if not keeps_session and bool(bits & STATUS_AUTOCOMMIT) != autocommit:
-        plan |= Cleanup.AUTOCOMMIT
-    return plan
+        plan = Cleanup.NONE
+        if bits & STATUS_IN_TRANS or (not self.autocommit and not self.status_after_results):
+            plan |= Cleanup.ROLLBACK
+        if not keeps_session and bool(bits & STATUS_AUTOCOMMIT) != self.autocommit:
+            plan |= Cleanup.AUTOCOMMIT
+        return plan
 
 
 class Outcome(enum.Enum):

@@ -24,21 +24,21 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
-from typing import ClassVar, TypeVar, Unpack
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar, Unpack
 
 from . import lifecycle
 from .classify import ErrorKind, classify
 from .config import Lifetimes, PoolConfig, PoolOptions, check_timeout
 from .connection import PooledConnection
 from .connector import Connector, ServerLimits
-from .drivers import Driver, driver_name, get_driver
+from .drivers import Driver, resolve_driver
 from .drivers.sockets import readable
 from .dsn import DSN, parse_dsn
-from .entry import Entry, Lease
+from .entry import Entry, Lease, Round, Wake
 from .errors import PoolClosed, PoolTimeout, driver_error
 from .maintenance import Housekeeper
-from .policy import Check, Cleanup, checkout_check, release_plan
+from .policy import Check, Cleanup, Rules
 from .selection import Selection, Shared
 from .state import PoolState, Step
 from .stats import Counters, PoolStats, percentiles, samples
@@ -65,8 +65,10 @@ class Pool:
     (see :class:`tether.config.PoolConfig` and the README).
     """
 
-    #: Which idle connection a check-out gets (the flavours differ only in this).
+    #: Which idle connection a check-out gets (what the flavours differ in).
     selection: ClassVar[type[Selection]] = Shared
+    #: Where the flavour's defaults differ from :data:`tether.config.DEFAULTS`.
+    defaults: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(
         self,
@@ -76,12 +78,19 @@ class Pool:
         **options: Unpack[PoolOptions],
     ) -> None:
         self._dsn = parse_dsn(dsn)
-        self._driver = _resolve_driver(driver, self._dsn)
-        self._config = PoolConfig.from_options(options)
+        self._driver = resolve_driver(driver, self._dsn)
+        self._config = PoolConfig.from_options({**self.defaults, **options})
         self._driver.check_connect_args(self._config.connect_args)
         self._name = self._config.name or f"pool-{next(_pool_counter)}"
         self._connector = Connector(
             name=self._name, driver=self._driver, dsn=self._dsn, config=self._config
+        )
+        self._rules = Rules(
+            autocommit=self._config.autocommit,
+            keeps_sessions=self.selection.keeps_sessions,
+            ping_after=self._config.ping_after,
+            status_after_results=self._driver.status_after_results,
+            more_results_in_status=self._driver.more_results_in_status,
         )
         self._wait_times = samples()
         self._hold_times = samples()
@@ -132,10 +141,10 @@ class Pool:
             # Where it was acquired, for leak reports and timeout messages: the code and the
             # instruction offset (the line number is worked out only when it is needed).
             caller = sys._getframe(1)
-            lease.acquired = (caller.f_code, caller.f_lasti)
-            if self._config.leak_timeout is not None:
-                stack = traceback.extract_stack(caller, limit=12)
-                lease.stack = stack
+            if self._config.leak_timeout is None:
+                lease.origin = (caller.f_code, caller.f_lasti)
+            else:
+                lease.origin = traceback.extract_stack(caller, limit=12)
             return PooledConnection(self, lease)
         except BaseException:
             self._abandon(lease)
@@ -189,14 +198,23 @@ class Pool:
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: idle connections now, checked-out ones when they come back.
         Waiting threads get :class:`tether.PoolClosed`. Idempotent."""
-        with self._lock:
-            if self._state.closed:
-                return
-            idle = self._state.close(self._closed_error, time.monotonic())
-        self._housekeeper.stop(timeout)
-        for entry in idle:
-            self._connector.close(entry)
-        logger.info("%s: closed", self._name)
+        work = Round()
+        try:
+            with self._lock:
+                first = not self._state.closed
+                self._state.close(self._closed_error)
+                taken = self._state.take_idle(
+                    time.monotonic(), lambda entry: "pool closed", work.lease
+                )
+            if first:
+                self._housekeeper.stop(timeout)
+            for entry, reason in taken:
+                self._retire(entry, entry.holder, reason)
+        except BaseException:
+            self._give_up(work)
+            raise
+        if first:
+            logger.info("%s: closed", self._name)
 
     @property
     def closed(self) -> bool:
@@ -250,20 +268,19 @@ class Pool:
         lease if this raises."""
         if os.getpid() != self._pid:
             lifecycle.after_fork_without_hooks(self)
-        started = time.monotonic()
-        waited = False
         while True:
-            now = time.monotonic()
+            # ``with``, not acquire() then ``try``: an exception landing between those two
+            # would leave the lock held for good.
             with self._lock:
-                state = self._state
-                collected = state.collect(now) if state.collected else []
-                step = state.checkout(lease, getattr(self._local, "last", None), now)
+                step = self._state.checkout(
+                    lease, getattr(self._local, "last", None), time.monotonic()
+                )
                 if step is Step.WAIT:
                     _prepare_to_wait(lease)
-            self._housekeeper.close_collected(collected)
             if step is Step.WAIT:
-                waited = True
-                step = self._wait(lease, deadline, started)
+                if self._state.collected:
+                    self._take_back_collected()  # may free a slot for this very wait
+                step = self._wait(lease, deadline)
             if step is Step.TAKE:
                 entry = lease.entry
                 assert entry is not None
@@ -278,24 +295,15 @@ class Pool:
                 raise self._closed_error()
         entry.owner = lease.ident
         self._local.last = entry
-        if waited:
-            self._wait_times.append(time.monotonic() - started)
         return entry
 
     def _usable(self, lease: Lease, entry: Entry, deadline: float) -> bool:
         """The health check of a connection about to be handed out: nothing, a poll, a ping
-        or a reset (see :func:`tether.policy.checkout_check`). An expired or dead one is
+        or a reset (see :meth:`tether.policy.Rules.check`). An expired or dead one is
         discarded (and counted) and ``False`` returned."""
-        config = self._config
         now = time.monotonic()
-        check = checkout_check(
-            entry,
-            now,
-            pid=self._pid,
-            ident=lease.ident,
-            ping_after=config.ping_after,
-            idle_limit=self._connector.lifetimes.idle_limit,
-        )
+        idle_limit = self._connector.lifetimes.idle_limit
+        check = self._rules.check(entry, now, lease.ident, self._pid, idle_limit)
         if check is Check.TRUST:
             return True
         if not isinstance(check, Check):
@@ -308,8 +316,8 @@ class Pool:
             try:
                 if check is Check.PING:
                     self.count("pings")
-                    self._connector.ping(entry, max(0.05, min(config.ping_timeout,
-                                                              deadline - now)))
+                    timeout = min(self._config.ping_timeout, deadline - now)
+                    self._connector.ping(entry, max(0.05, timeout))
                 else:
                     self._connector.reset(entry)
                     self.count("resets")
@@ -320,13 +328,15 @@ class Pool:
                 reason = f"{check.value} failed: {_describe(exc)}"
         self.count("replaced")
         logger.info("%s: replacing connection %d: %s", self._name, entry.session_id, reason)
-        self._discard(entry, lease, reason)
+        self._retire(entry, lease, reason)
         return False
 
-    def _wait(self, lease: Lease, deadline: float, started: float) -> Step | None:
+    def _wait(self, lease: Lease, deadline: float) -> Step | None:
         """Block until ``lease`` is granted a connection or a slot, or its deadline passes
         (:class:`PoolTimeout`). ``None``: look again (growth may be possible now)."""
-        signal = lease.signal
+        assert lease.wake is not None
+        signal = lease.wake.signal
+        started = time.monotonic()
         while True:
             now = time.monotonic()
             wake = deadline - now
@@ -335,20 +345,19 @@ class Pool:
                 # While growth is blocked (a cap or an outage), wake when it unblocks so
                 # that a pool with nothing checked out still retries the connect.
                 wake = min(wake, blocked - now)
-            if signal.acquire(timeout=max(0.0, wake)):
-                break
+            notified = signal.acquire(timeout=max(0.0, wake))
             with self._lock:
-                queued = self._state.stop_waiting(lease)
-                timed_out = queued and time.monotonic() >= deadline
+                if not notified:
+                    self._state.stop_waiting(lease)
+                step = self._state.granted(lease)
+                timed_out = step is None and time.monotonic() >= deadline
                 if timed_out:
                     self._state.counters.timeouts += 1
             if timed_out:
                 raise self._timeout_error(time.monotonic() - started)
-            if queued:
-                return None
-            break  # granted between the timeout and the lock
-        with self._lock:
-            return self._state.granted(lease)
+            if step is not None or not notified:
+                self._wait_times.append(time.monotonic() - started)
+                return step
 
     def _open(self, lease: Lease, deadline: float) -> Entry | None:
         """Open a connection in ``lease``'s reserved slot. ``None`` after a cap or an outage,
@@ -356,7 +365,7 @@ class Pool:
         the deadline); other errors (wrong password, unknown database) raise at once."""
         try:
             entry = self._connector.open(deadline)
-        except Exception as exc:
+        except self._driver.Error as exc:
             kind = classify(exc, self._driver, self._config.error_kinds)
             with self._lock:
                 self._state.open_failed(
@@ -395,7 +404,12 @@ class Pool:
         with self._lock:
             entry = self._state.abandon(lease, time.monotonic())
         if entry is not None:
-            self._connector.close(entry)
+            self._retire(entry, lease, "check-out interrupted")
+
+    def _give_up(self, work: Round) -> None:
+        """A stretch of the pool's own work was cut short: take back what its leases hold."""
+        for lease in work.leases:
+            self._abandon(lease)
 
     # ------------------------------------------------------------------ give-back
     # (these, with count, evict_all, collected and statement_timeout, are the
@@ -419,59 +433,59 @@ class Pool:
                     now - lease.since,
                 )
             read = entry.status
-            plan = release_plan(
-                entry,
-                read() if read is not None and entry.raw is not None else None,
-                autocommit=self._config.autocommit,
-                keeps_session=self.selection.keeps_sessions,
-                status_after_results=self._driver.status_after_results,
-                more_results_in_status=self._driver.more_results_in_status,
-            )
+            bits = read() if read is not None and entry.raw is not None else None
+            plan = self._rules.release(entry, bits)
+            if plan is not Cleanup.NONE and not isinstance(plan, str):
+                plan = self._clean(entry, plan)
             if isinstance(plan, str):
-                self._discard(entry, lease, plan)
-                return
-            if plan:
-                self._clean(entry, lease, plan)
-            with self._lock:
-                reason = None
-                if entry.holder is lease:
+                reason: str | None = plan
+            else:
+                with self._lock:
                     reason = self._state.checkin(entry, time.monotonic())
+            if reason is not None:
+                self._retire(entry, lease, reason)
         except BaseException:
-            self._discard(entry, lease, "give-back interrupted")
+            self._retire(entry, lease, "give-back interrupted")
             self.count("interrupted")
             raise
-        if reason is not None:
-            self._connector.close(entry)
 
-    def _clean(self, entry: Entry, lease: Lease, plan: Cleanup) -> None:
+    def _clean(self, entry: Entry, plan: Cleanup) -> Cleanup | str:
+        """Carry out a give-back's cleanup; returns why to close the connection if the
+        server did not go along."""
         try:
             self._connector.clean(entry, plan)
         except self._driver.Error as exc:
-            entry.broken = True  # closed by the checkin that follows
             logger.info("%s: cleanup of %d failed: %s", self._name, entry.session_id, exc)
-            return
-        if plan & Cleanup.RESET:
-            self.count("resets")
-        elif plan & Cleanup.ROLLBACK:
-            self.count("rollbacks")
+            return f"cleanup failed: {_describe(exc)}"
+        self.count("resets" if plan & Cleanup.RESET else "rollbacks")
+        return plan
 
     def renew(self, lease: Lease) -> Entry:
         """Replace ``lease``'s lost connection with a healthy one, within the pool's
         timeout (the slot is given up and taken again, in turn with any waiters)."""
         old = lease.entry
         if old is not None:
-            self._discard(old, lease, "connection lost")
+            self._retire(old, lease, "connection lost")
         try:
             return self._acquire(lease, time.monotonic() + self._config.timeout)
         except BaseException:
             self._abandon(lease)
             raise
 
-    def _discard(self, entry: Entry, holder: Lease | None, reason: str) -> None:
+    def _retire(self, entry: Entry, holder: Lease | None, reason: str) -> None:
+        """Close ``entry`` and take it out of the pool, if ``holder`` still holds it (a
+        connection leaves the pool held: closed first, then unregistered, so an exception
+        between the two leaves it to its holder to finish)."""
+        if holder is None or entry.holder is not holder:
+            return
         with self._lock:
-            unregistered = self._state.discard(entry, holder, reason, time.monotonic())
-        if unregistered:
-            self._connector.close(entry)
+            # From here on it never goes back to the pool (a retirement cut short is
+            # finished by its holder), and the watchdog leaves its descriptor alone.
+            entry.broken = True
+            entry.fd = -1
+        self._connector.close(entry)
+        with self._lock:
+            self._state.unregister(entry, reason, time.monotonic())
 
     def count(self, event: str) -> None:
         with self._lock:
@@ -479,22 +493,37 @@ class Pool:
             setattr(counters, event, getattr(counters, event) + 1)
 
     def evict_all(self, reason: str) -> None:
-        with self._lock:
-            idle = self._state.evict_all(reason, time.monotonic())
-        for entry in idle:
-            self._connector.close(entry)
+        work = Round()
+        try:
+            with self._lock:
+                self._state.expire_all()
+                taken = self._state.take_idle(time.monotonic(), lambda entry: reason, work.lease)
+            for entry, why in taken:
+                self._retire(entry, entry.holder, why)
+        except BaseException:
+            self._give_up(work)
+            raise
         logger.warning("%s: evicted every connection: %s", self._name, reason)
 
     def collected(self, lease: Lease) -> None:
-        """A proxy was garbage-collected while it held ``lease``: queued (a finalizer may
-        run while this thread holds the lock), and taken back now if the lock is free."""
+        """A proxy was garbage-collected while it held ``lease``: queued, for the next
+        check-out that would wait, or maintenance, to take back. (A finalizer may run
+        anywhere, this thread's hold of the lock included: it takes no lock.)"""
         self._state.collected.append((lease, lease.where()))
-        if self._lock.acquire(blocking=False):
-            try:
-                found = self._state.collect(time.monotonic())
-            finally:
-                self._lock.release()
-            self._housekeeper.close_collected(found)
+
+    def _take_back_collected(self) -> None:
+        with self._lock:
+            found = self._state.collect()
+        for entry, where in found:
+            logger.warning(
+                "%s: connection %d was garbage-collected without being returned;"
+                " acquired at %s",
+                self._name,
+                entry.session_id,
+                where,
+            )
+            # Its state is unknown (maybe mid-transaction): closed rather than reused.
+            self._retire(entry, entry.holder, "garbage-collected while checked out")
 
     def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
         server = self._connector.server
@@ -565,18 +594,7 @@ def _prepare_to_wait(lease: Lease) -> None:
     queued the lease, so no grant can come before it."""
     signal = threading.Lock()
     signal.acquire()
-    lease.signal = signal
-    lease.notify = signal.release
-
-
-def _resolve_driver(driver: str | Driver | None, dsn: DSN) -> Driver:
-    if isinstance(driver, Driver):
-        return driver
-    if driver is not None and dsn.driver is not None and driver_name(driver) != dsn.driver:
-        raise ValueError(
-            f"driver={driver!r} disagrees with the DSN's scheme, which names {dsn.driver!r}"
-        )
-    return get_driver(driver or dsn.driver)
+    lease.wake = Wake(signal, signal.release)
 
 
 def _describe(exc: BaseException) -> str:

@@ -1,11 +1,12 @@
-"""Which idle connection a check-out gets: the difference between the pool flavours.
+"""Which idle connection a check-out gets when the thread's own last one is not idle: the
+difference between the pool flavours (both prefer the thread's last connection first; see
+:meth:`tether.state.PoolState.checkout`).
 
-:class:`Shared` (``tether.Pool``) hands out the thread's last connection when it is idle (warm,
-same session), else the one returned last (warmest; it lets surplus ones age out).
-:class:`ThreadMapped` (``tether.ThreadLocalPool``) keeps each thread's session between uses:
-a thread gets its own connection, else one nobody owns (or whose thread has ended), else it
-opens one of its own; only at the bound does it take over another thread's idle connection
-(reset first if that session holds state). Plain functions of the idle set, no I/O.
+:class:`Shared` (``tether.Pool``) takes the one returned last (warmest; it lets surplus ones age
+out). :class:`ThreadMapped` (``tether.ThreadLocalPool``) keeps each thread's session between
+uses: it takes one nobody owns (or whose thread has ended), else opens one of the thread's own;
+only at the bound does it take over another thread's idle connection (reset first if that
+session holds state). Plain functions of the idle set, no I/O.
 """
 
 from __future__ import annotations
@@ -34,14 +35,12 @@ class Selection:
     def choose(
         self,
         idle: dict[Entry, None],
-        last: Entry | None,
         ident: int,
-        *,
         at_bound: bool,
         alive: Callable[[], set[int]] = alive_threads,
     ) -> Entry | None:
-        """The idle entry to hand to thread ``ident`` (whose last connection was ``last``),
-        or ``None`` to open a new one (or wait, at the bound)."""
+        """The idle entry to hand to thread ``ident``, or ``None`` to open a new one (or
+        wait, at the bound)."""
         raise NotImplementedError
 
 
@@ -49,14 +48,10 @@ class Shared(Selection):
     def choose(
         self,
         idle: dict[Entry, None],
-        last: Entry | None,
         ident: int,
-        *,
         at_bound: bool,
         alive: Callable[[], set[int]] = alive_threads,
     ) -> Entry | None:
-        if last is not None and last in idle:
-            return last
         if idle:
             return next(reversed(idle))
         return None
@@ -68,14 +63,10 @@ class ThreadMapped(Selection):
     def choose(
         self,
         idle: dict[Entry, None],
-        last: Entry | None,
         ident: int,
-        *,
         at_bound: bool,
         alive: Callable[[], set[int]] = alive_threads,
     ) -> Entry | None:
-        if last is not None and last in idle and last.owner == ident:
-            return last
         if not idle:
             return None
         living: set[int] | None = None

@@ -1,14 +1,19 @@
 """The pool's bookkeeping: which connections exist, which are idle, who holds the rest, who
 waits. No I/O and no lock of its own: every method is called under the pool flavour's lock,
-and returns what the caller must then do outside it (close a connection, wake a waiter that
-was already notified, open in a reserved slot).
+and returns what the caller must then do outside it.
 
 The accounting cannot drift, because the numbers are not stored: ``size`` is the open
-connections plus the slots reserved for connects in progress, ``in_use`` is the open ones that
-are not idle. Every grant goes to a :class:`Lease`; a lease whose holder gives up is handed
-to :meth:`PoolState.abandon`, which finds and takes back whatever was granted to it, however
-far the grant got. That is how an exception or a cancellation anywhere leaves the pool
-consistent.
+connections plus the slots reserved for connects in progress, ``in_use`` the open ones that
+are not idle. Everything the pool grants goes to a :class:`Lease`, and every connection is
+either idle (``holder is None``, in ``idle``) or held by exactly one lease, whoever holds it:
+a borrower, a check-out checking it, a give-back cleaning it, maintenance pinging or retiring
+it, ``close()`` closing it. Two orders keep that true at every step, so that an exception (or
+a cancellation) anywhere leaves nothing the lease's holder cannot take back
+(:meth:`PoolState.abandon`):
+
+- taking a connection sets its holder before it leaves ``idle``; giving it back puts it in
+  ``idle`` before it clears the holder;
+- a connection leaves the pool held: its holder closes it, then unregisters it.
 """
 
 from __future__ import annotations
@@ -55,7 +60,7 @@ class PoolState:
         self.counters = Counters()
         self.closed_by: dict[str, int] = {}
         #: Leases whose connection proxy was garbage-collected while it held them, queued
-        #: by the finalizer (which must not take the lock) until the lock's next holder.
+        #: by the finalizer (which must not take the lock) for the lock's next holder.
         self.collected: deque[tuple[Lease, str]] = deque()
 
     # ------------------------------------------------------------------ gauges
@@ -71,16 +76,22 @@ class PoolState:
     # ------------------------------------------------------------------ check-out
 
     def checkout(self, lease: Lease, last: Entry | None, now: float) -> Step:
-        """A check-out for ``lease`` (by a thread whose last connection was ``last``)."""
+        """A check-out for ``lease``, by a thread whose last connection was ``last``: that one
+        if it is idle and still the thread's (warm, same session), else what the selection
+        picks, else a slot to open one in, else a place in the queue."""
         if self.closed:
             return Step.CLOSED
-        entry = self.selection.choose(
-            self.idle, last, lease.ident, at_bound=self.size >= self.max_size
-        )
+        if last is not None and last.owner == lease.ident and last in self.idle:
+            self._grant(last, lease, now)
+            return Step.TAKE
+        at_bound = len(self.entries) + len(self.opening) >= self.max_size
+        entry = self.selection.choose(self.idle, lease.ident, at_bound)
         if entry is not None:
+            if self.selection.keeps_sessions and entry.owner not in (None, RECLAIMED):
+                self.counters.takeovers += 1
             self._grant(entry, lease, now)
             return Step.TAKE
-        if self.size < self.max_size and now >= self.blocked_until:
+        if not at_bound and now >= self.blocked_until:
             self.opening[lease] = None
             return Step.OPEN
         self.counters.waits += 1
@@ -88,21 +99,17 @@ class PoolState:
         return Step.WAIT
 
     def _grant(self, entry: Entry, lease: Lease, now: float) -> None:
-        """Give ``entry`` (idle, or just given back) to ``lease``."""
+        """Give ``entry`` (idle, or just given back) to ``lease``. Its owner changes once
+        the check-out succeeds (the health check resets another thread's session first)."""
         lease.entry = entry
         lease.since = now
         entry.holder = lease
         self.idle.pop(entry, None)
-        # The owner changes once the check-out succeeds (the health check resets another
-        # thread's session first: see tether.policy.checkout_check).
-        owner = entry.owner
-        if self.selection.keeps_sessions and owner not in (None, RECLAIMED, lease.ident):
-            self.counters.takeovers += 1
         self.counters.checkouts += 1
 
     def granted(self, lease: Lease) -> Step | None:
-        """What a notified (or timed-out yet dequeued) waiter was granted."""
-        if lease.error is not None:
+        """What a waiter was granted (``None``: nothing; it may look again)."""
+        if lease.wake is not None and lease.wake.error is not None:
             return Step.CLOSED
         if lease in self.opening:
             return Step.OPEN
@@ -111,20 +118,17 @@ class PoolState:
             return Step.TAKE
         return None
 
-    def stop_waiting(self, lease: Lease) -> bool:
+    def stop_waiting(self, lease: Lease) -> None:
         """A waiter's wait ended without a notification (its deadline, or a wake-up to look
-        again): ``True`` if it was still queued (and now is not), ``False`` if it was granted
-        something meanwhile."""
-        try:
+        again): it leaves the queue, if it is still in it."""
+        if lease in self.waiters:
             self.waiters.remove(lease)
-        except ValueError:
-            return False
-        return True
 
     # ------------------------------------------------------------------ opening
 
     def opened(self, lease: Lease, entry: Entry, now: float) -> None:
         """A connect in ``lease``'s reserved slot succeeded: the entry is the lease's."""
+        entry.holder = lease
         lease.entry = entry
         self.entries[entry] = None
         self.opening.pop(lease, None)
@@ -133,11 +137,10 @@ class PoolState:
         self.blocked_until = 0.0
         if lease.ident:
             self._grant(entry, lease, now)
-        else:
-            entry.holder = lease  # maintenance opened it (a refill): no borrower yet
 
-    def open_failed(self, lease: Lease, error: BaseException, *, wait_out: bool,
-                    capacity: bool, now: float) -> None:
+    def open_failed(
+        self, lease: Lease, error: BaseException, *, wait_out: bool, capacity: bool, now: float
+    ) -> None:
         """A connect in ``lease``'s slot failed. A cap or an outage (``wait_out``) blocks
         further connects for a jittered backoff; the slot goes to the next waiter."""
         self.opening.pop(lease, None)
@@ -163,30 +166,28 @@ class PoolState:
     # ------------------------------------------------------------------ give-back
 
     def checkin(self, entry: Entry, now: float) -> str | None:
-        """``entry``'s holder gives it back, clean: to the first waiter, or idle. Returns
-        why it must be closed instead (it is then unregistered; the caller closes it)."""
+        """``entry``'s holder gives it back, clean: to the first waiter, or idle. Returns why
+        it must leave the pool instead (it stays held: the holder closes it, then
+        :meth:`unregister`\\ s it)."""
         if self.closed:
-            reason = "pool closed"
-        elif now >= entry.expires:
-            reason = "max lifetime reached"
-        elif entry.raw is None:
-            reason = "connection lost"
-        else:
-            entry.returned_at = now
-            while self.waiters:
-                waiter = self.waiters.popleft()
-                self._grant(entry, waiter, now)
-                self._notify(waiter)
-                return None
-            entry.holder = None
-            self.idle[entry] = None
+            return "pool closed"
+        if now >= entry.expires:
+            return "max lifetime reached"
+        if entry.raw is None:
+            return "connection lost"
+        entry.returned_at = now
+        if self.waiters:
+            waiter = self.waiters[0]
+            self._grant(entry, waiter, now)
+            self.waiters.popleft()
+            self._notify(waiter)
             return None
-        self.unregister(entry, reason, now)
-        return reason
+        self.idle[entry] = None
+        entry.holder = None
+        return None
 
     def unregister(self, entry: Entry, reason: str, now: float) -> None:
-        """``entry`` leaves the pool (its slot frees up); the caller closes it, outside the
-        lock. Idempotent."""
+        """``entry``, closed by its holder, leaves the pool: its slot frees up. Idempotent."""
         if entry not in self.entries:
             return
         self.idle.pop(entry, None)
@@ -203,24 +204,24 @@ class PoolState:
             and self.size < self.max_size
             and now >= self.blocked_until
         ):
-            waiter = self.waiters.popleft()
+            waiter = self.waiters[0]
             self.opening[waiter] = None
+            self.waiters.popleft()
             self._notify(waiter)
 
     @staticmethod
     def _notify(lease: Lease) -> None:
-        if lease.notify is not None:
-            lease.notify()
+        if lease.wake is not None:
+            lease.wake.notify()
 
     # ------------------------------------------------------------------ giving up
 
     def abandon(self, lease: Lease, now: float) -> Entry | None:
         """The holder of ``lease`` gave up during a check-out (an exception, a timeout, a
         cancellation), wherever it was: queued, opening, or holding a connection it had not
-        yet handed to its caller. Takes back what was granted: the queue place, the reserved
-        slot, the connection (back to the pool if nothing was done with it; to be closed,
-        and returned for the caller to close, if a call on it did not finish). Idempotent,
-        and never raises."""
+        handed to its caller yet. Takes back what was granted: the queue place, the reserved
+        slot, the connection: back to the pool if nothing is unknown about it, else returned
+        (still held) for the caller to close and unregister. Idempotent; never raises."""
         if lease in self.waiters:
             self.waiters.remove(lease)
         if lease in self.opening:
@@ -229,81 +230,47 @@ class PoolState:
         entry = lease.entry
         if entry is None or entry.holder is not lease:
             return None
-        self.idle.pop(entry, None)
         if entry not in self.entries:
-            return entry  # opened but never registered: only its caller knew of it
+            # Opened but never registered, or closed but not yet unregistered.
+            return entry if entry.raw is not None else None
+        self.idle.pop(entry, None)
         if entry.in_flight or entry.broken or entry.raw is None:
-            self.unregister(entry, "check-out interrupted during a call", now)
             return entry
-        self.checkin(entry, now)
-        return None if entry in self.entries else entry
+        if self.checkin(entry, now) is not None:
+            return entry
+        return None
 
-    def discard(self, entry: Entry, holder: Lease | None, reason: str, now: float) -> bool:
-        """Unregister ``entry`` if ``holder`` (``None``: the pool itself) still has it;
-        returns whether the caller should close it."""
-        if entry.holder is not holder or entry not in self.entries:
-            return False
-        self.unregister(entry, reason, now)
-        return True
-
-    def collect(self, now: float) -> list[tuple[Entry, str]]:
-        """Unregister the connections of garbage-collected proxies (queued by finalizers);
-        returns them, with where they were acquired, for the caller to close: their state
-        is unknown, maybe mid-transaction."""
+    def collect(self) -> list[tuple[Entry, str]]:
+        """The connections of garbage-collected proxies (queued by finalizers), taken for the
+        caller to close and unregister: their state is unknown, maybe mid-transaction. Each
+        comes with where it was acquired; its lease holds it until it is unregistered."""
         found: list[tuple[Entry, str]] = []
         while self.collected:
-            lease, where = self.collected.popleft()
+            lease, where = self.collected[0]
             entry = lease.entry
             if entry is not None and entry.holder is lease and entry in self.entries:
-                self.unregister(entry, "garbage-collected while checked out", now)
                 self.counters.reclaimed += 1
                 found.append((entry, where))
+            self.collected.popleft()
         return found
 
     # ------------------------------------------------------------------ maintenance
 
-    def retire_idle(
-        self,
-        now: float,
-        *,
-        idle_timeout: float | None,
-        dead: Callable[[Entry], bool],
+    def take_idle(
+        self, now: float, select: Callable[[Entry], str | None], make_lease: Callable[[], Lease]
     ) -> list[tuple[Entry, str]]:
-        """Unregister idle connections that are expired, idle too long above ``min_size``,
-        or ``dead`` (their socket reads as closed); returns them for the caller to close."""
-        retired: list[tuple[Entry, str]] = []
+        """Take the idle connections ``select`` names a reason for (held by a lease of the
+        pool's own, out of ``idle``): to retire them, or ping them."""
+        taken: list[tuple[Entry, str]] = []
         for entry in list(self.idle):
-            if now >= entry.expires:
-                reason = "max lifetime reached"
-            elif (
-                idle_timeout is not None
-                and now - entry.returned_at >= idle_timeout
-                and self.size > self.min_size
-            ):
-                reason = "idle timeout"
-            elif dead(entry):
-                reason = "closed by the server"
-            else:
+            reason = select(entry)
+            if reason is None:
                 continue
-            self.unregister(entry, reason, now)
-            retired.append((entry, reason))
-        return retired
-
-    def take_for_keepalive(
-        self, now: float, keepalive: float | None, make_lease: Callable[[], Lease]
-    ) -> list[Entry]:
-        """Idle connections the server has not heard from for ``keepalive`` seconds, taken
-        out of the idle set (held by a maintenance lease) to be pinged."""
-        if keepalive is None:
-            return []
-        taken: list[Entry] = []
-        for entry in list(self.idle):
-            if now - entry.last_used >= keepalive:
-                lease = make_lease()
-                lease.entry = entry
-                entry.holder = lease
-                del self.idle[entry]
-                taken.append(entry)
+            lease = make_lease()
+            lease.entry = entry
+            entry.holder = lease
+            del self.idle[entry]
+            taken.append((entry, reason))
         return taken
 
     def reclaim_orphans(self, alive: set[int]) -> int:
@@ -337,29 +304,22 @@ class PoolState:
 
     # ------------------------------------------------------------------ the whole pool
 
-    def close(self, error: Callable[[], BaseException], now: float) -> list[Entry]:
-        """Close the pool: waiters get ``error()``, idle connections are unregistered and
-        returned for the caller to close; checked-out ones are closed when they come back."""
+    def close(self, error: Callable[[], BaseException]) -> None:
+        """Close the pool: waiters get ``error()``; the caller takes the idle connections
+        (:meth:`take_idle`) to close them; checked-out ones are closed when they come back."""
         self.closed = True
-        idle = list(self.idle)
-        for entry in idle:
-            self.unregister(entry, "pool closed", now)
         while self.waiters:
-            waiter = self.waiters.popleft()
-            waiter.error = error()
+            waiter = self.waiters[0]
+            if waiter.wake is not None:
+                waiter.wake.error = error()
+            self.waiters.popleft()
             self._notify(waiter)
-        return idle
 
-    def evict_all(self, reason: str, now: float) -> list[Entry]:
-        """Retire every connection (after a failover they all point at the demoted server):
-        idle ones now (returned for the caller to close), checked-out ones when they come
-        back."""
-        idle = list(self.idle)
-        for entry in idle:
-            self.unregister(entry, reason, now)
+    def expire_all(self) -> None:
+        """Every connection retires at its next give-back (after a failover they all point
+        at the demoted server); the caller takes the idle ones to close now."""
         for entry in self.entries:
             entry.expires = 0.0
-        return idle
 
     def forget_all(self) -> list[Entry]:
         """In a forked child: every connection belongs to the parent. Returns them all, to be
@@ -371,6 +331,5 @@ class PoolState:
         self.opening.clear()
         self.waiters.clear()
         self.collected.clear()
-        self.blocked_until = 0.0
-        self.backoff.succeeded()
         return entries
+

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 from .pool import Pool
 from .selection import Selection, ThreadMapped
@@ -18,6 +19,11 @@ class ThreadLocalPool(Pool):
     transactions are still rolled back on return. Connections of ended threads are
     reclaimed, and at the bound an idle connection of another thread is taken over (its
     session reset first if it holds state), so the bound never deadlocks.
+
+    Its default bound is 32, not 10: one connection per thread for thread pools up to 32
+    threads (``ThreadPoolExecutor``'s largest default), as ``PersistentDB`` users expect; a
+    lower bound makes threads share (and wait for) connections.
     """
 
     selection: ClassVar[type[Selection]] = ThreadMapped
+    defaults: ClassVar[Mapping[str, Any]] = {"max_size": 32}

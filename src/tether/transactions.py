@@ -36,7 +36,7 @@ def transaction(pool: _Source, timeout: float | None = None) -> Iterator[PooledC
         try:
             yield conn
         except BaseException:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(pool.driver.Error):
                 conn.rollback()
             raise
         conn.commit()

@@ -162,8 +162,8 @@ def test_configuration(db: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> No
         assert app.extensions["tether"] is ext
         pool = ext.pool
         assert type(pool) is tether.ThreadLocalPool
-        assert pool.max_size == 3 and pool.timeout == 7  # the config wins over the code
-        assert pool.leak_timeout == 60
+        assert pool.config.max_size == 3 and pool.config.timeout == 7  # the config wins
+        assert pool.config.leak_timeout == 60
         assert pool.name == "flask:configured"
         assert pool.dsn.port == db.port
         assert ext.pool is pool  # one pool per process
@@ -186,8 +186,14 @@ def test_configuration(db: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> No
         Tether(pool_size=3)
     with pytest.raises(tether.DSNError):
         Tether(app_with(TETHER_DSN="postgres://x@y/z"))
+    # Impossible values and arguments the driver does not take fail at start-up, before any
+    # request (and before the pool exists).
     with pytest.raises(ValueError, match="max_size"):
-        Tether(app_with(TETHER_OPTIONS={"max_size": 0})).pool  # noqa: B018
+        Tether(app_with(TETHER_OPTIONS={"max_size": 0}))
+    with pytest.raises(ValueError, match="replay_reads"):
+        Tether(app_with(TETHER_OPTIONS={"replay_reads": "no"}))
+    with pytest.raises(ValueError, match="connect_args.*'colour'"):
+        Tether(app_with(TETHER_OPTIONS={"connect_args": {"colour": "blue"}}))
 
     # Neither TETHER_DSN nor DATABASE_URL in the config: the environment's DATABASE_URL.
     monkeypatch.setenv("DATABASE_URL", db.dsn())

@@ -188,11 +188,16 @@ class FakeDriver(Driver):
             self.connects += 1
             if self.failures:
                 raise self.failures.popleft()
-            conn = FakeConnection(self, autocommit)
-            self.connections.append(conn)
             self.open_now += 1
-            self.max_open = max(self.max_open, self.open_now)
-            return conn
+            conn = FakeConnection(self, autocommit)
+            try:
+                self.connections.append(conn)
+                self.max_open = max(self.max_open, self.open_now)
+                return conn
+            except BaseException:
+                # As a real driver does: a connect cut short closes what it opened.
+                conn.close()
+                raise
 
     def charset(self, raw: Any) -> str:
         return "utf8mb4"

@@ -29,7 +29,6 @@ child forgets the inherited connections without a byte on their sockets and open
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import threading
@@ -39,10 +38,13 @@ from typing import Any
 
 from flask import Flask, current_app, g, has_app_context
 
+from ..config import OPTION_NAMES, PoolConfig
 from ..connection import PooledConnection
+from ..drivers import resolve_driver
 from ..dsn import parse_dsn
-from ..pool import Pool, ThreadLocalPool
+from ..pool import Pool
 from ..stats import PoolStats
+from ..threadlocal import ThreadLocalPool
 
 __all__ = ["POOL_KINDS", "Tether", "get_db"]
 
@@ -54,12 +56,8 @@ POOL_KINDS: dict[str, type[Pool]] = {"pool": Pool, "threadlocal": ThreadLocalPoo
 _G_KEY = "_tether_connection"
 
 
-def _pool_option_names() -> frozenset[str]:
-    params = inspect.signature(Pool.__init__).parameters.values()
-    return frozenset(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
-
-
-POOL_OPTIONS = _pool_option_names()
+# The keyword options a pool takes (its config's, and the driver).
+POOL_OPTIONS = OPTION_NAMES | {"driver"}
 
 
 class _AppState:
@@ -78,17 +76,13 @@ class _AppState:
         if pool is not None and self.pid == os.getpid():
             return pool
         with self.lock:
-            pid = os.getpid()
             pool = self.pool
             if pool is None:
                 pool = self.pool = self.pool_class(self.dsn, **self.options)
-            elif pool._pid != pid:
-                # Forked without Python's fork hooks (uWSGI forks its workers from C): the
-                # pool still holds the parent's sockets. Drop them without a byte, as the
-                # hook would have, before this process uses one.
-                logger.info("%s: first use in forked process %d", pool.name, pid)
-                pool._after_fork_in_child()
-            self.pid = pid
+            # A pool used in a parent that forked (gunicorn --preload; uWSGI forks from C,
+            # without Python's fork hooks) drops the parent's sockets itself, without a
+            # byte, on its first check-out here.
+            self.pid = os.getpid()
             return pool
 
 
@@ -149,9 +143,11 @@ class Tether:
             options["driver"] = driver
         options.setdefault("name", f"flask:{app.name}")
         dsn = config.get("TETHER_DSN") or config.get("DATABASE_URL") or None
-        # A malformed (or missing) DSN fails here, at start-up, rather than on the first request.
-        parse_dsn(dsn)
-        state = _AppState(POOL_KINDS[kind.lower()], dsn, options)
+        # A malformed (or missing) DSN, an impossible option or an argument the driver does
+        # not take fails here, at start-up, rather than on the first request.
+        pool_class = POOL_KINDS[kind.lower()]
+        _validate(dsn, pool_class, options)
+        state = _AppState(pool_class, dsn, options)
         _states.add(state)
         old = self._states.get(app)
         if old is not None and old.pool is not None:
@@ -240,6 +236,15 @@ def get_db() -> PooledConnection:
     if not isinstance(ext, Tether):
         raise RuntimeError(f"tether: no Tether extension on app {current_app.name!r}")
     return ext.connection()
+
+
+def _validate(dsn: str | None, pool_class: type[Pool], options: Mapping[str, Any]) -> None:
+    """Check everything a pool would check at construction, without making one."""
+    parsed = parse_dsn(dsn)
+    settings = {**pool_class.defaults}
+    settings.update((name, value) for name, value in options.items() if name != "driver")
+    config = PoolConfig.from_options(settings)
+    resolve_driver(options.get("driver"), parsed).check_connect_args(config.connect_args)
 
 
 def _check_options(options: Mapping[str, Any], where: str) -> None:

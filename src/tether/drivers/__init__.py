@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..dsn import DSN
 from .sockets import neuter_fd
 
-__all__ = ["Driver", "get_driver"]
+__all__ = ["Driver", "get_driver", "resolve_driver"]
 
 # Server status bits (include/mysql_com.h); both drivers expose the raw value of the last reply.
 STATUS_IN_TRANS = 0x0001
@@ -157,14 +157,14 @@ class Driver:
             cur.execute(sql, args or None)
             return list(cur.fetchall() or ())
         finally:
-            with contextlib.suppress(Exception):
+            with contextlib.suppress(self.Error):
                 cur.close()
 
     # -- closing
 
     def close(self, raw: Any) -> None:
-        """Close politely (``QUIT``), never raising."""
-        with contextlib.suppress(Exception):
+        """Close politely (``QUIT``); a connection already broken or closed is no error."""
+        with contextlib.suppress(self.Error, OSError):
             raw.close()
 
     def abandon(self, raw: Any) -> None:
@@ -174,7 +174,7 @@ class Driver:
         fd = self.fileno(raw)
         if fd >= 0:
             neuter_fd(fd)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(self.Error, OSError):
             self._drop(raw)
 
     def _drop(self, raw: Any) -> None:
@@ -226,3 +226,16 @@ def get_driver(name: str | None) -> Driver:
                 ) from exc
             _drivers[key] = driver
     return driver
+
+
+def resolve_driver(driver: str | Driver | None, dsn: DSN) -> Driver:
+    """The adapter a pool uses: ``driver`` (a name or an adapter), else the one the DSN's
+    scheme names, else whichever is installed. A name that disagrees with the scheme is a
+    ``ValueError``, never resolved silently."""
+    if isinstance(driver, Driver):
+        return driver
+    if driver is not None and dsn.driver is not None and driver_name(driver) != dsn.driver:
+        raise ValueError(
+            f"driver={driver!r} disagrees with the DSN's scheme, which names {dsn.driver!r}"
+        )
+    return get_driver(driver or dsn.driver)

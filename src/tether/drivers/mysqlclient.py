@@ -148,7 +148,7 @@ class MySQLClientDriver(Driver):
     def fileno(self, raw: Any) -> int:
         try:
             return int(raw.fileno())
-        except Exception:
+        except self.Error:
             return -1
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:

@@ -157,7 +157,7 @@ class PyMySQLDriver(Driver):
             result.unbuffered_active = False
         if raw._sock is None:
             return
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(OSError):
             # QUIT, bounded: a server that stopped reading must not hold up a close.
             raw._sock.settimeout(1.0)
         super().close(raw)
