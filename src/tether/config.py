@@ -118,9 +118,7 @@ class PoolConfig:
                 _check_seconds(option, getattr(self, option), positive=True)
         for option in ("autocommit", "replay_reads"):
             if not isinstance(getattr(self, option), bool):
-                raise ValueError(
-                    f"{option} must be True or False, not {getattr(self, option)!r}"
-                )
+                raise ValueError(f"{option} must be True or False, not {getattr(self, option)!r}")
         if self.evict_on_read_only not in ("connection", "pool"):
             raise ValueError(
                 "evict_on_read_only must be 'connection' or 'pool',"
@@ -149,7 +147,6 @@ class PoolConfig:
 
 
 OPTION_NAMES = frozenset(f.name for f in dataclasses.fields(PoolConfig))
-
 
 
 @dataclass(frozen=True)
@@ -203,9 +200,7 @@ def check_timeout(value: object) -> float:
 
 def _statements(value: object) -> tuple[str, ...]:
     if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
-        raise ValueError(
-            f"init_commands must be a sequence of statements (a list), not {value!r}"
-        )
+        raise ValueError(f"init_commands must be a sequence of statements (a list), not {value!r}")
     for statement in value:
         if not isinstance(statement, str) or not statement.strip():
             raise ValueError(f"init_commands must hold SQL strings, not {statement!r}")
@@ -217,18 +212,19 @@ def _error_kinds(value: object) -> dict[int, ErrorKind]:
         raise ValueError(f"error_kinds must be a dict {{errno: ErrorKind}}, not {value!r}")
     kinds: dict[int, ErrorKind] = {}
     names = ", ".join(repr(kind.value) for kind in ErrorKind)
-    for code, kind in value.items():
+    for code, given in value.items():
         if not isinstance(code, int) or isinstance(code, bool) or code < 0:
             raise ValueError(f"error_kinds: {code!r} is not a MySQL error number")
-        if isinstance(kind, str) and not isinstance(kind, ErrorKind):
+        kind = given
+        if isinstance(given, str) and not isinstance(given, ErrorKind):
             try:
-                kind = ErrorKind(kind)
+                kind = ErrorKind(given)
             except ValueError:
                 raise ValueError(
-                    f"error_kinds[{code}]: {kind!r} is not an ErrorKind (one of {names})"
+                    f"error_kinds[{code}]: {given!r} is not an ErrorKind (one of {names})"
                 ) from None
         if not isinstance(kind, ErrorKind):
-            raise ValueError(f"error_kinds[{code}]: {kind!r} is not an ErrorKind ({names})")
+            raise ValueError(f"error_kinds[{code}]: {given!r} is not an ErrorKind ({names})")
         kinds[code] = kind
     return kinds
 

@@ -16,7 +16,6 @@ where nothing can be lost or repeated, else tell the caller (DESIGN section 3):
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any, TypeVar, overload
@@ -134,13 +133,6 @@ class PooledConnection:
         assert self._lease is not None and self._lease.entry is not None
         raw = self._lease.entry.raw
         return raw is not None and bool(raw.open)
-
-    def __del__(self) -> None:
-        lease = getattr(self, "_lease", None)  # unset if __init__ was cut short
-        if lease is not None:
-            # At interpreter shutdown the pool may be half torn down: nothing left to do.
-            with contextlib.suppress(Exception):
-                self._lender.collected(lease)
 
     def _released(self, message: str) -> BaseException:
         return driver_error(ConnectionReleased, self._lender.driver.InterfaceError, 0, message)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import select
 import threading
 import traceback
+import weakref
 from collections.abc import Callable
 from types import CodeType
 from typing import Any
@@ -38,7 +39,7 @@ class Lease:
     cancellation) is found through it and taken back. ``entry.holder is lease`` is what
     makes a lease valid: a stale lease can never touch a connection again."""
 
-    __slots__ = ("entry", "ident", "origin", "since", "thread", "wake")
+    __slots__ = ("entry", "ident", "origin", "proxy", "since", "thread", "wake")
 
     def __init__(self, thread: threading.Thread | None) -> None:
         #: The entry granted to this lease (``entry.holder is self`` while it is valid).
@@ -55,6 +56,9 @@ class Lease:
         self.origin: tuple[CodeType, int] | traceback.StackSummary | None = None
         #: Set while the holder waits in the queue.
         self.wake: Wake | None = None
+        #: The connection proxy handed out for it, held weakly: once it is gone (garbage
+        #: collected without being given back), the pool takes the connection back.
+        self.proxy: weakref.ref[Any] | None = None
 
     def where(self) -> str:
         """Where the holder acquired the connection, for messages."""

@@ -41,9 +41,5 @@ class Lender(Protocol):
     def evict_all(self, reason: str) -> None:
         """Retire every connection (a failover: they all point at a demoted server)."""
 
-    def collected(self, lease: Lease) -> None:
-        """A connection proxy holding ``lease`` was garbage-collected: take it back (from a
-        finalizer: any thread, maybe while the pool's lock is held)."""
-
     def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
         """``query`` bounded to ``timeout`` seconds on the server."""

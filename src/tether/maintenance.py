@@ -166,13 +166,13 @@ class Housekeeper:
             refills = state.reserve_refill(work.lease, now)
             if state.selection.keeps_sessions:
                 state.reclaim_orphans(alive_threads())
-        for entry, where in collected:
+        for entry in collected:
+            holder = entry.holder
             logger.warning(
-                "%s: connection %d was garbage-collected without being returned;"
-                " acquired at %s",
+                "%s: connection %d was garbage-collected without being returned; acquired at %s",
                 self.name,
                 entry.session_id,
-                where,
+                holder.where() if holder is not None else "unknown",
             )
             # Its state is unknown (maybe mid-transaction): closed rather than reused.
             self._retire(entry, "garbage-collected while checked out")
@@ -220,7 +220,8 @@ class Housekeeper:
             with self.lock:
                 self.state.open_failed(
                     lease,
-                    exc,
+                    f"{type(exc).__name__}: {exc}",
+                    self.connector.driver.error_code(exc),
                     wait_out=kind in (ErrorKind.CAPACITY, ErrorKind.DISCONNECT),
                     capacity=kind is ErrorKind.CAPACITY,
                     now=time.monotonic(),

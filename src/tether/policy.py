@@ -169,8 +169,10 @@ class Rules:
             return "connection lost"
         if entry.unbuffered:
             return "unread results"
-        if bits is not None and bits & self._release_mask == self._clean_bits and (
-            not entry.dirty or self.keeps_sessions
+        if (
+            bits is not None
+            and bits & self._release_mask == self._clean_bits
+            and (not entry.dirty or self.keeps_sessions)
         ):
             return Cleanup.NONE
         keeps_session = self.keeps_sessions

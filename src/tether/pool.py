@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, Unpack
 
@@ -41,8 +42,8 @@ from .maintenance import Housekeeper
 from .policy import Check, Cleanup, Rules
 from .selection import Selection, Shared
 from .state import PoolState, Step
-from .stats import Counters, PoolStats, percentiles, samples
 from .statements import with_statement_timeout
+from .stats import Counters, PoolStats, percentiles, samples
 from .transactions import run_transaction, transaction
 
 __all__ = ["Pool"]
@@ -145,16 +146,18 @@ class Pool:
                 lease.origin = (caller.f_code, caller.f_lasti)
             else:
                 lease.origin = traceback.extract_stack(caller, limit=12)
-            return PooledConnection(self, lease)
+            conn = PooledConnection(self, lease)
+            lease.proxy = weakref.ref(conn)
+            return conn
         except BaseException:
             self._abandon(lease)
             raise
 
     getconn = connection
 
-    def transaction(self, timeout: float | None = None) -> contextlib.AbstractContextManager[
-        PooledConnection
-    ]:
+    def transaction(
+        self, timeout: float | None = None
+    ) -> contextlib.AbstractContextManager[PooledConnection]:
         """A connection inside a transaction: committed when the block ends, rolled back
         when it raises."""
         return transaction(self, timeout)
@@ -192,7 +195,7 @@ class Pool:
                 wait_time=percentiles(list(self._wait_times)),
                 hold_time=percentiles(list(self._hold_times)),
                 server=server.as_dict() if server else {},
-                last_connect_error=_describe(error) if error else None,
+                last_connect_error=error,
             )
 
     def close(self, timeout: float = 5.0) -> None:
@@ -271,6 +274,7 @@ class Pool:
         while True:
             # ``with``, not acquire() then ``try``: an exception landing between those two
             # would leave the lock held for good.
+            step: Step | None
             with self._lock:
                 step = self._state.checkout(
                     lease, getattr(self._local, "last", None), time.monotonic()
@@ -278,8 +282,7 @@ class Pool:
                 if step is Step.WAIT:
                     _prepare_to_wait(lease)
             if step is Step.WAIT:
-                if self._state.collected:
-                    self._take_back_collected()  # may free a slot for this very wait
+                self._take_back_collected()  # may free a slot for this very wait
                 step = self._wait(lease, deadline)
             if step is Step.TAKE:
                 entry = lease.entry
@@ -340,11 +343,11 @@ class Pool:
         while True:
             now = time.monotonic()
             wake = deadline - now
-            blocked = self._state.blocked_until  # a hint: decided under the lock below
-            if blocked > now:
-                # While growth is blocked (a cap or an outage), wake when it unblocks so
-                # that a pool with nothing checked out still retries the connect.
-                wake = min(wake, blocked - now)
+            state = self._state  # read as hints: decided under the lock below
+            if state.blocked_until and state.size < self._config.max_size:
+                # Queued with room to grow: growth is blocked (a cap or an outage). Wake
+                # when it unblocks (at once if it already has) to retry the connect.
+                wake = min(wake, state.blocked_until - now)
             notified = signal.acquire(timeout=max(0.0, wake))
             with self._lock:
                 if not notified:
@@ -370,7 +373,8 @@ class Pool:
             with self._lock:
                 self._state.open_failed(
                     lease,
-                    exc,
+                    _describe(exc),
+                    self._driver.error_code(exc),
                     wait_out=kind in _WAIT_OUT,
                     capacity=kind is ErrorKind.CAPACITY,
                     now=time.monotonic(),
@@ -412,7 +416,7 @@ class Pool:
             self._abandon(lease)
 
     # ------------------------------------------------------------------ give-back
-    # (these, with count, evict_all, collected and statement_timeout, are the
+    # (these, with count, evict_all and statement_timeout, are the
     # tether.lender.Lender interface the connections handed out use)
 
     def give_back(self, lease: Lease) -> None:
@@ -505,25 +509,21 @@ class Pool:
             raise
         logger.warning("%s: evicted every connection: %s", self._name, reason)
 
-    def collected(self, lease: Lease) -> None:
-        """A proxy was garbage-collected while it held ``lease``: queued, for the next
-        check-out that would wait, or maintenance, to take back. (A finalizer may run
-        anywhere, this thread's hold of the lock included: it takes no lock.)"""
-        self._state.collected.append((lease, lease.where()))
-
     def _take_back_collected(self) -> None:
+        """Connections whose proxy was garbage-collected without being given back (found by
+        a check-out about to wait, and by maintenance) are closed: their state is unknown,
+        maybe mid-transaction."""
         with self._lock:
             found = self._state.collect()
-        for entry, where in found:
+        for entry in found:
+            holder = entry.holder
             logger.warning(
-                "%s: connection %d was garbage-collected without being returned;"
-                " acquired at %s",
+                "%s: connection %d was garbage-collected without being returned; acquired at %s",
                 self._name,
                 entry.session_id,
-                where,
+                holder.where() if holder is not None else "unknown",
             )
-            # Its state is unknown (maybe mid-transaction): closed rather than reused.
-            self._retire(entry, entry.holder, "garbage-collected while checked out")
+            self._retire(entry, holder, "garbage-collected while checked out")
 
     def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
         server = self._connector.server
@@ -539,7 +539,7 @@ class Pool:
     def _timeout_error(self, waited: float) -> BaseException:
         with self._lock:
             state = self._state
-            error = state.last_connect_error
+            error, errno = state.last_connect_error, state.last_connect_errno
             holders = sorted(
                 (e.holder for e in state.entries if e.holder is not None and e.holder.ident),
                 key=lambda lease: lease.since,
@@ -551,20 +551,20 @@ class Pool:
                 f" waiting {len(state.waiters)}"
             ]
         if error is not None:
-            lines.append(f"last connect error: {_describe(error)}")
+            lines.append(f"last connect error: {error}")
         now = time.monotonic()
         if holders:
             lines.append("held by:")
             for lease in holders[:10]:
                 name = lease.thread.name if lease.thread is not None else "?"
                 lines.append(
-                    f"  thread {name!r} for {now - lease.since:.1f}s,"
-                    f" acquired at {lease.where()}"
+                    f"  thread {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
                 )
             if len(holders) > 10:
                 lines.append(f"  ... and {len(holders) - 10} more")
-        code = self._driver.error_code(error) if error is not None else None
-        return driver_error(PoolTimeout, self._driver.OperationalError, code or 0, "\n".join(lines))
+        return driver_error(
+            PoolTimeout, self._driver.OperationalError, errno or 0, "\n".join(lines)
+        )
 
     # ------------------------------------------------------------------ processes
 
@@ -599,4 +599,3 @@ def _prepare_to_wait(lease: Lease) -> None:
 
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
-

@@ -56,12 +56,13 @@ class PoolState:
         #: Connects are not attempted before this (monotonic): a cap or an outage backs off.
         self.blocked_until = 0.0
         self.backoff = Backoff()
-        self.last_connect_error: BaseException | None = None
+        #: What the last failed connect said, and its error number: kept as text, not as
+        #: the exception, whose traceback would keep the failed check-out's frames (and
+        #: what they hold) alive.
+        self.last_connect_error: str | None = None
+        self.last_connect_errno: int | None = None
         self.counters = Counters()
         self.closed_by: dict[str, int] = {}
-        #: Leases whose connection proxy was garbage-collected while it held them, queued
-        #: by the finalizer (which must not take the lock) for the lock's next holder.
-        self.collected: deque[tuple[Lease, str]] = deque()
 
     # ------------------------------------------------------------------ gauges
 
@@ -139,12 +140,21 @@ class PoolState:
             self._grant(entry, lease, now)
 
     def open_failed(
-        self, lease: Lease, error: BaseException, *, wait_out: bool, capacity: bool, now: float
+        self,
+        lease: Lease,
+        error: str,
+        errno: int | None,
+        *,
+        wait_out: bool,
+        capacity: bool,
+        now: float,
     ) -> None:
-        """A connect in ``lease``'s slot failed. A cap or an outage (``wait_out``) blocks
-        further connects for a jittered backoff; the slot goes to the next waiter."""
+        """A connect in ``lease``'s slot failed (``error`` says how). A cap or an outage
+        (``wait_out``) blocks further connects for a jittered backoff; the slot goes to the
+        next waiter."""
         self.opening.pop(lease, None)
         self.last_connect_error = error
+        self.last_connect_errno = errno
         self.counters.connect_errors += 1
         if capacity:
             self.counters.capacity_errors += 1
@@ -240,18 +250,19 @@ class PoolState:
             return entry
         return None
 
-    def collect(self) -> list[tuple[Entry, str]]:
-        """The connections of garbage-collected proxies (queued by finalizers), taken for the
-        caller to close and unregister: their state is unknown, maybe mid-transaction. Each
-        comes with where it was acquired; its lease holds it until it is unregistered."""
-        found: list[tuple[Entry, str]] = []
-        while self.collected:
-            lease, where = self.collected[0]
-            entry = lease.entry
-            if entry is not None and entry.holder is lease and entry in self.entries:
+    def collect(self) -> list[Entry]:
+        """Checked-out connections whose proxy was garbage-collected without giving them
+        back: for the caller to close and unregister (their state is unknown, maybe
+        mid-transaction; each stays held by its lease, which says where it was acquired).
+        No finalizer is involved: the proxy's weak reference is enough, and nothing can
+        interrupt it being cleared."""
+        found: list[Entry] = []
+        for entry in self.entries:
+            lease = entry.holder
+            if lease is not None and lease.proxy is not None and lease.proxy() is None:
+                lease.proxy = None  # taken back once
                 self.counters.reclaimed += 1
-                found.append((entry, where))
-            self.collected.popleft()
+                found.append(entry)
         return found
 
     # ------------------------------------------------------------------ maintenance
@@ -330,6 +341,4 @@ class PoolState:
         self.idle.clear()
         self.opening.clear()
         self.waiters.clear()
-        self.collected.clear()
         return entries
-

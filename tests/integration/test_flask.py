@@ -192,7 +192,7 @@ def test_configuration(db: MariaDBServer, monkeypatch: pytest.MonkeyPatch) -> No
         Tether(app_with(TETHER_OPTIONS={"max_size": 0}))
     with pytest.raises(ValueError, match="replay_reads"):
         Tether(app_with(TETHER_OPTIONS={"replay_reads": "no"}))
-    with pytest.raises(ValueError, match="connect_args.*'colour'"):
+    with pytest.raises(ValueError, match=r"connect_args.*'colour'"):
         Tether(app_with(TETHER_OPTIONS={"connect_args": {"colour": "blue"}}))
 
     # Neither TETHER_DSN nor DATABASE_URL in the config: the environment's DATABASE_URL.

@@ -58,8 +58,8 @@ class FakeCursor:
             conn.status |= STATUS_SESSION_STATE_CHANGED
         elif q.startswith("SET AUTOCOMMIT"):
             on = q.rstrip().endswith("1")
-            conn.status = (conn.status | STATUS_AUTOCOMMIT) if on else (
-                conn.status & ~STATUS_AUTOCOMMIT
+            conn.status = (
+                (conn.status | STATUS_AUTOCOMMIT) if on else (conn.status & ~STATUS_AUTOCOMMIT)
             )
         rows: list[tuple[Any, ...]] = [(1,)]
         if "VERSION()" in q:

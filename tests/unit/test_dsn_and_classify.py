@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 
 import tether
-from tether.statements import is_read_only
 from tether.dsn import parse_dsn
+from tether.statements import is_read_only
 
 
 def test_parse_full_dsn() -> None:

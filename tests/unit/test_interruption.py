@@ -30,6 +30,7 @@ import pytest
 import tether
 from tether import policy
 from tether.entry import Entry
+from tether.policy import Backoff
 
 from .fakedriver import FakeDriver, FakeOperationalError
 from .injection import AlarmError, Interrupt, inject_at, trace_points
@@ -128,23 +129,23 @@ def held_elsewhere(pool: tether.Pool, fake: FakeDriver) -> dict[str, Any]:
     waits for it."""
     warm(pool, fake)
     taken = threading.Event()
-    done = threading.Event()
+    finished = threading.Event()  # the action is over (it may have stopped before waiting)
 
     def holder() -> None:
         with pool.connection():
             taken.set()
             deadline = time.monotonic() + 5
-            while not pool._state.waiters and time.monotonic() < deadline:
-                time.sleep(0.0005)
-        done.set()
+            while not (pool._state.waiters or finished.is_set()) and time.monotonic() < deadline:
+                time.sleep(0.0002)
 
     thread = threading.Thread(target=holder)
     thread.start()
     taken.wait(5)
-    return {"thread": thread}
+    return {"thread": thread, "finished": finished}
 
 
 def join(ctx: dict[str, Any]) -> None:
+    ctx["finished"].set()
     ctx["thread"].join(10)
     assert not ctx["thread"].is_alive()
 
@@ -165,6 +166,7 @@ def times_out(pool: tether.Pool, fake: FakeDriver, ctx: Any) -> None:
 
 def capped_once(pool: tether.Pool, fake: FakeDriver) -> None:
     fake.failures.append(FakeOperationalError(1040, "Too many connections"))
+    pool._state.backoff = Backoff(first=0.002)  # a short wait, the same path
 
 
 def other_threads_session(pool: tether.Pool, fake: FakeDriver) -> dict[str, Any]:
@@ -236,8 +238,13 @@ SCENARIOS = [
     Scenario("waited for", checkout_only, held_elsewhere, {"max_size": 1}, join),
     Scenario("timed out", times_out, held_here, {"max_size": 1}, release_held),
     Scenario("backed off at a cap", checkout_query, capped_once, timed=True),
-    Scenario("another thread's session", checkout_query, other_threads_session,
-             {"max_size": 1}, stop_owner),
+    Scenario(
+        "another thread's session",
+        checkout_query,
+        other_threads_session,
+        {"max_size": 1},
+        stop_owner,
+    ),
     Scenario("garbage-collected", collected, warm),
     Scenario("maintenance", maintain, maintenance_round, {"min_size": 4, "max_size": 4}),
     Scenario("close", close, two_idle),

@@ -373,7 +373,7 @@ def test_the_fast_path_stays_fair_and_bounded_across_threads(
     def worker() -> None:
         try:
             for _ in range(300):
-                with pool.connection() as conn:
+                with pool.connection():
                     assert pool.stats().in_use <= 3
         except BaseException as exc:
             errors.append(exc)
