@@ -4,15 +4,13 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.tether-installed
-PURE_TESTS := tests/unit tests/integration/test_pool_server.py tests/faults
 
 .PHONY: demo test lint system-deps clean bench bench-quick bench-web
 
 system-deps:
 	@PYTHON=$(PYTHON) bash scripts/ensure-system-deps.sh
 
-# setup.py and the C source too: the editable install builds tether._speedups in place.
-$(STAMP): pyproject.toml setup.py src/tether/_speedups.c
+$(STAMP): pyproject.toml
 	@$(MAKE) --no-print-directory system-deps
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -U pip
@@ -28,11 +26,10 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# The whole suite with the compiled fast paths, then the pool's own suites once more on the
-# pure-Python ones (what runs where tether._speedups is not built).
+# The whole suite: unit tests (the interruption proof among them), integration and fault
+# tests against private throwaway servers, the quick benchmark.
 test: system-deps $(STAMP) lint
 	$(BIN)/python -m pytest
-	TETHER_NO_SPEEDUPS=1 $(BIN)/python -m pytest -q $(PURE_TESTS)
 
 # Benchmarks (not part of the set-up): tether beside the peers on a throwaway server, about
 # 30 minutes (bench/RESULTS.md); bench-quick is the short run the tests make (under a minute,
@@ -48,4 +45,4 @@ bench-quick: $(STAMP)
 	$(BIN)/python bench/run.py --quick $(BENCH_ARGS)
 
 clean:
-	rm -rf $(VENV) build src/*.egg-info src/tether/*.so .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
