@@ -319,31 +319,56 @@ class PooledConnection:
             # Inside one of our own calls (the driver's executemany runs execute per row):
             # the whole batch has one in-flight mark and one replay-or-raise decision.
             return self._call(entry, cursor, method, args)
+        before = entry.last_status
+        entry.in_flight = time.monotonic()
+        try:
+            result = self._call(entry, cursor, method, args)
+        except BaseException as exc:
+            # (Called inside the handler: a bare ``raise`` there re-raises ``exc``.)
+            return self._recover(entry, exc, before, cursor, method, args, what, replayable)
+        self._noted(entry, what if cursor is not None else None)
+        return result
+
+    def _recover(
+        self,
+        entry: Entry,
+        exc: BaseException,
+        before: int,
+        cursor: Any,
+        method: str,
+        args: tuple[Any, ...],
+        what: str | bytes,
+        replayable: bool | None,
+    ) -> Any:
+        """A call failed: raise what it means, or run it once more on a fresh connection
+        (see :meth:`_failed`). Runs inside the handler of the call's exception."""
         statement = what if cursor is not None else None
         name = method if cursor is not None else str(what)
-        for attempt in (1, 2):
-            before = entry.last_status
-            entry.in_flight = time.monotonic()
-            try:
-                result = self._call(entry, cursor, method, args)
-            except BaseException as exc:
-                fresh = self._failed(entry, exc, before, name, statement, replayable, attempt)
-                if fresh is None:
-                    raise
-                if fresh is _IGNORE:
-                    return None
-                entry = fresh
-                continue
-            entry.in_flight = 0.0
-            self._noted(entry, statement)
-            return result
-        raise AssertionError("unreachable")
+        fresh = self._failed(entry, exc, before, name, statement, replayable, attempt=1)
+        if fresh is None:
+            raise  # noqa: PLE0704 - the call's own exception, being handled by the caller
+        if fresh is _IGNORE:
+            return None
+        entry = fresh
+        before = entry.last_status
+        entry.in_flight = time.monotonic()
+        try:
+            result = self._call(entry, cursor, method, args)
+        except BaseException as again:
+            if self._failed(entry, again, before, name, statement, replayable, 2) is _IGNORE:
+                return None
+            raise  # a second attempt is never replayed
+        self._noted(entry, statement)
+        return result
 
     def _noted(self, entry: Entry, statement: str | bytes | None) -> None:
         """After a call that succeeded: keep the server's status bits of its reply (what a
         lost connection is judged on) and note a change of session state, which only this
         reply reports (or which the statement's text gives away)."""
-        entry.last_used = time.monotonic()
+        # When the request was sent stands for when the server last answered: the idle
+        # timeout it feeds errs on the safe side.
+        entry.last_used = entry.in_flight
+        entry.in_flight = 0.0
         read_status = entry.status
         if read_status is not None:
             bits = entry.last_status = read_status()
@@ -408,17 +433,17 @@ class PooledConnection:
         if not isinstance(exc, driver.Error):
             self._interrupted(entry)
             return None
-        entry.in_flight = 0.0
         kind = classify(exc, driver, lender.config.error_kinds)
+        if kind is not ErrorKind.DISCONNECT and kind is not ErrorKind.READ_ONLY:
+            self._noted(entry, None)  # the server answered with an error: still in sync
+            return None
+        entry.in_flight = 0.0
         if kind is ErrorKind.READ_ONLY:
             # A demoted primary: this connection will keep failing writes; closed on return
             # (and, with evict_on_read_only="pool", every other one too).
             entry.broken = True
             if lender.config.evict_on_read_only == "pool":
                 lender.evict_all("server is read-only")
-            return None
-        if kind is not ErrorKind.DISCONNECT:
-            self._noted(entry, None)  # the server answered with an error: still in sync
             return None
         entry.broken = True
         code = driver.error_code(exc) or 2013

@@ -113,10 +113,10 @@ class Cursor:
         return conn._run(self, "callproc", (procname, args), f"CALL {procname}", False)
 
     def nextset(self) -> Any:
+        # The one call of a buffered cursor that reads from the server after execute(): its
+        # close() reads through it (results of a multi-statement left unread), so close()
+        # needs no wrapping of its own.
         return self._tether_conn._io(self, "nextset", ())
-
-    def close(self) -> None:
-        self._tether_conn._io(self, "close", ())
 
 
 class _UnbufferedCursor(Cursor):

@@ -287,7 +287,10 @@ class Pool:
             if step is Step.TAKE:
                 entry = lease.entry
                 assert entry is not None
-                if self._usable(lease, entry, deadline):
+                now = time.monotonic()
+                idle_limit = self._connector.lifetimes.idle_limit
+                check = self._rules.check(entry, now, lease.ident, self._pid, idle_limit)
+                if check is Check.TRUST or self._looked_at(lease, entry, check, now, deadline):
                     break
             elif step is Step.OPEN:
                 opened = self._open(lease, deadline)
@@ -300,15 +303,12 @@ class Pool:
         self._local.last = entry
         return entry
 
-    def _usable(self, lease: Lease, entry: Entry, deadline: float) -> bool:
-        """The health check of a connection about to be handed out: nothing, a poll, a ping
-        or a reset (see :meth:`tether.policy.Rules.check`). An expired or dead one is
-        discarded (and counted) and ``False`` returned."""
-        now = time.monotonic()
-        idle_limit = self._connector.lifetimes.idle_limit
-        check = self._rules.check(entry, now, lease.ident, self._pid, idle_limit)
-        if check is Check.TRUST:
-            return True
+    def _looked_at(
+        self, lease: Lease, entry: Entry, check: Check | str, now: float, deadline: float
+    ) -> bool:
+        """The health check of a connection about to be handed out, beyond trusting it (see
+        :meth:`tether.policy.Rules.check`): a poll of its socket, a ping, or a reset; an
+        expired or dead one is retired (and counted) and ``False`` returned."""
         if not isinstance(check, Check):
             reason = check
         elif readable(entry.poller):

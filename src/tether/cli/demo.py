@@ -188,11 +188,16 @@ def demo(
     except (DSNError, ValueError, ServerError) as exc:
         raise click.ClickException(str(exc)) from exc
     output.mkdir(parents=True, exist_ok=True)
-    result.chart = timeline(result, output / "timeline.png")
+    try:
+        result.chart = timeline(result, output / "timeline.png")
+        chart = f"timeline chart: {result.chart.resolve()}"
+    except ImportError:
+        # The table and the JSON need nothing more; the chart needs matplotlib.
+        chart = "timeline chart: not drawn (needs matplotlib: pip install 'tether[demo]')"
     (output / "results.json").write_text(result.to_json() + "\n")
     _print_report(result, wide)
     wide.print(
-        f"timeline chart: {result.chart.resolve()}\nresults: {(output / 'results.json').resolve()}"
+        f"{chart}\nresults: {(output / 'results.json').resolve()}"
         f"\n(total {time.monotonic() - started:.0f}s)"
     )
     if as_json:
