@@ -20,6 +20,7 @@ from .drivers.sockets import poller, tune_socket
 from .dsn import DSN
 from .entry import Entry
 from .policy import Cleanup, expiry
+from .statements import server_milliseconds, server_seconds
 
 __all__ = ["Connector", "ServerLimits"]
 
@@ -129,9 +130,9 @@ class Connector:
             # A server-side statement timeout: the server aborts the statement and the
             # connection stays usable (a client-side read timeout would have to drop it).
             if self.driver.is_mariadb(raw):
-                settings.append(f"SESSION max_statement_time = {timeout:.3f}")
+                settings.append(f"SESSION max_statement_time = {server_seconds(timeout)}")
             else:
-                settings.append(f"SESSION max_execution_time = {int(timeout * 1000)}")
+                settings.append(f"SESSION max_execution_time = {server_milliseconds(timeout)}")
         return ", ".join(settings)
 
     def _adopt(self, limits: ServerLimits) -> None:

@@ -8,6 +8,7 @@ may be percent-encoded. ``unix_socket`` in the query selects a socket instead of
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -102,16 +103,25 @@ _UNENCODED = (
 )
 
 
+_HOST_AFTER_AT = re.compile(r"[A-Za-z0-9.\-\[\]]+(?::\d+)?(?:[/?#]|$)")
+
+
 def _unencoded_userinfo(dsn: str) -> bool:
     """Whether an unencoded '/', '?' or '#' in the credentials cut the URL's authority
-    short: the authority holds no '@', yet one follows in the path, or in the query before
-    its first '=' (an '@' in an option's value, such as ``init_command=SET @x=1``, is fine)."""
+    short: the authority (up to the first '/', '?' or '#') holds no '@', yet the text ends
+    in ``@host[:port]`` and what comes before that '@' reads as ``user:password`` (a ':',
+    no whitespace). An '@' in an option's value, such as ``init_command=SET @x=1``, does
+    not look like that."""
     rest = dsn.split("://", 1)[1]
     cut = min((i for i in (rest.find("/"), rest.find("?"), rest.find("#")) if i >= 0), default=-1)
-    if cut < 0 or "@" in rest[:cut]:
+    if cut < 0 or "@" in rest[:cut] or "@" not in rest:
         return False
-    path, _, query = rest[cut:].partition("?")
-    return "@" in path or "@" in query.split("=", 1)[0]
+    credentials, _, host = rest.rpartition("@")
+    return (
+        _HOST_AFTER_AT.fullmatch(host.split("/")[0] + ("/" if "/" in host else "")) is not None
+        and ":" in credentials
+        and not any(c.isspace() for c in credentials)
+    )
 
 
 def parse_dsn(dsn: str | DSN | None) -> DSN:

@@ -282,7 +282,6 @@ class Pool:
                 if step is Step.WAIT:
                     _prepare_to_wait(lease)
             if step is Step.WAIT:
-                self._take_back_collected()  # may free a slot for this very wait
                 step = self._wait(lease, deadline)
             if step is Step.TAKE:
                 entry = lease.entry
@@ -508,22 +507,6 @@ class Pool:
             self._give_up(work)
             raise
         logger.warning("%s: evicted every connection: %s", self._name, reason)
-
-    def _take_back_collected(self) -> None:
-        """Connections whose proxy was garbage-collected without being given back (found by
-        a check-out about to wait, and by maintenance) are closed: their state is unknown,
-        maybe mid-transaction."""
-        with self._lock:
-            found = self._state.collect()
-        for entry in found:
-            holder = entry.holder
-            logger.warning(
-                "%s: connection %d was garbage-collected without being returned; acquired at %s",
-                self._name,
-                entry.session_id,
-                holder.where() if holder is not None else "unknown",
-            )
-            self._retire(entry, holder, "garbage-collected while checked out")
 
     def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
         server = self._connector.server

@@ -7,6 +7,7 @@ report (a user variable assigned inside a statement, an advisory lock).
 
 from __future__ import annotations
 
+import math
 import re
 
 __all__ = ["first_word", "is_read_only", "leaves_session_state", "with_statement_timeout"]
@@ -40,12 +41,21 @@ def is_read_only(query: str | bytes) -> bool:
     them. A ``SELECT`` calling a function with side effects is the caller's business:
     ``Pool(replay_reads=False)`` turns read replays off.
     """
+    if _several(query):
+        return False  # a multi-statement: the others are not looked at
     word = first_word(query)
     if word in _READ_ONLY_WORDS:
         return not (word == "SELECT" and _INTO_FILE.search(_text(query)))
     if word == "WITH":
         return _WRITE_INSIDE.search(_text(query)) is None
     return False
+
+
+def _several(query: str | bytes) -> bool:
+    """Whether ``query`` may hold more than one statement (a ``;`` before its end). Errs on
+    the side of "yes": a ``;`` inside a string literal counts too."""
+    text = _text(query).rstrip().rstrip(";")
+    return ";" in text
 
 
 def leaves_session_state(query: str | bytes) -> bool:
@@ -60,6 +70,18 @@ def leaves_session_state(query: str | bytes) -> bool:
     return "GET_LOCK" in text or ("@" in text and (":=" in text or "INTO" in text))
 
 
+def server_seconds(timeout: float) -> str:
+    """``timeout`` as MariaDB's ``max_statement_time`` takes it: rounded up to the
+    millisecond, never to 0 (which the server reads as "no limit")."""
+    return f"{math.ceil(timeout * 1000) / 1000:.3f}"
+
+
+def server_milliseconds(timeout: float) -> int:
+    """``timeout`` as MySQL's ``max_execution_time`` takes it: whole milliseconds, rounded
+    up, never 0 (no limit)."""
+    return max(1, math.ceil(timeout * 1000))
+
+
 def with_statement_timeout(query: str | bytes, timeout: float, *, mariadb: bool) -> str | bytes:
     """``query`` bounded to ``timeout`` seconds on the server, which aborts it with an error
     and keeps the session (MariaDB ``max_statement_time``; MySQL: ``SELECT`` only)."""
@@ -67,10 +89,13 @@ def with_statement_timeout(query: str | bytes, timeout: float, *, mariadb: bool)
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     text = _text(query)
     if mariadb:
-        text = f"SET STATEMENT max_statement_time = {float(timeout):.3f} FOR {text}"
+        text = f"SET STATEMENT max_statement_time = {server_seconds(timeout)} FOR {text}"
     else:
         if first_word(text) != "SELECT":
             raise ValueError("on MySQL a statement timeout applies to SELECT only")
-        hint = f"SELECT /*+ MAX_EXECUTION_TIME({int(timeout * 1000)}) */"
-        text = re.sub(r"\bSELECT\b", hint, text, count=1, flags=re.IGNORECASE)
+        # The hint follows the statement's own SELECT (past comments and parentheses).
+        leading = _LEADING.match(text)
+        start = leading.end() if leading else 0
+        hint = f"SELECT /*+ MAX_EXECUTION_TIME({server_milliseconds(timeout)}) */"
+        text = text[:start] + hint + text[start + len("SELECT") :]
     return text.encode() if isinstance(query, bytes) else text

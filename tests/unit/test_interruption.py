@@ -285,7 +285,7 @@ def make_pool(flavour: type[tether.Pool], fake: FakeDriver, scenario: Scenario) 
 
 def check_consistent(pool: tether.Pool, fake: FakeDriver) -> None:
     gc.collect(1)  # proxies the run dropped (young) are queued by their finalizers...
-    pool._take_back_collected()  # ... and taken back (as a waiting check-out would)
+    pool._housekeeper.maintain()  # ... and a maintenance round takes them back
     state = pool._state
     with pool._lock:
         assert not state.waiters, "a waiter is queued for a caller that left"
