@@ -22,7 +22,12 @@ from typing import Any, TypeVar, overload
 
 from .classify import ErrorKind, classify
 from .cursor import DBAPICursor, cursor_class
-from .drivers import STATUS_AUTOCOMMIT, STATUS_IN_TRANS, STATUS_SESSION_STATE_CHANGED
+from .drivers import (
+    SAFE_ATTRIBUTES,
+    STATUS_AUTOCOMMIT,
+    STATUS_IN_TRANS,
+    STATUS_SESSION_STATE_CHANGED,
+)
 from .entry import Entry, Lease
 from .errors import ConnectionReleased, OutcomeUnknown, TransactionLost, driver_error
 from .lender import Lender
@@ -37,56 +42,6 @@ C = TypeVar("C")
 # (2006 from PyMySQL's and libmariadb's write paths), or the server had already dropped the
 # session and said so (4031) before reading it.
 _NOT_SENT = frozenset({2006, 4031})
-
-# Attributes of the driver's connection that cannot change session state; anything else
-# reached through the proxy's __getattr__ marks the session as changed (reset on return).
-_SAFE_ATTRS = frozenset(
-    {
-        "escape",
-        "escape_string",
-        "literal",
-        "string_literal",
-        "insert_id",
-        "affected_rows",
-        "thread_id",
-        "get_server_info",
-        "get_host_info",
-        "get_proto_info",
-        "server_version",
-        "host_info",
-        "character_set_name",
-        "charset",
-        "encoding",
-        "encoders",
-        "decoders",
-        "converter",
-        "get_autocommit",
-        "warning_count",
-        "info",
-        "host",
-        "port",
-        "user",
-        "db",
-        "server_status",
-        "server_capabilities",
-        "errno",
-        "error",
-        "sqlstate",
-        "show_warnings",
-        "Error",
-        "Warning",
-        "InterfaceError",
-        "DatabaseError",
-        "DataError",
-        "OperationalError",
-        "IntegrityError",
-        "InternalError",
-        "ProgrammingError",
-        "NotSupportedError",
-        "messages",
-        "cursorclass",
-    }
-)
 
 # What _failed() tells _run() when it does not raise.
 _IGNORE = object()
@@ -277,7 +232,7 @@ class PooledConnection:
         if name.startswith("__") or name in ("_lease", "_lender"):
             raise AttributeError(name)
         entry = self._live()
-        if name not in _SAFE_ATTRS:
+        if name not in SAFE_ATTRIBUTES:
             entry.dirty = True
         return getattr(entry.raw, name)
 

@@ -22,11 +22,10 @@ from typing import Any
 
 from .classify import ErrorKind, classify
 from .config import PoolConfig
-from .connector import Connector
+from .custody import Custody
 from .drivers.sockets import break_socket, readable
 from .entry import Entry, Lease, Round
 from .selection import alive_threads
-from .state import PoolState
 from .watchdog import probe_sessions
 
 __all__ = ["Housekeeper"]
@@ -40,19 +39,12 @@ _KEEPALIVE = "keepalive"
 class Housekeeper:
     """The background work of one pool in one process."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        lock: threading.Lock,
-        state: PoolState,
-        connector: Connector,
-        config: PoolConfig,
-    ) -> None:
+    def __init__(self, *, name: str, custody: Custody, config: PoolConfig) -> None:
         self.name = name
-        self.lock = lock
-        self.state = state
-        self.connector = connector
+        self.custody = custody
+        self.lock = custody.lock
+        self.state = custody.state
+        self.connector = custody.connector
         self.config = config
         self._stop = threading.Event()
         self._spawn_lock = threading.Lock()
@@ -113,18 +105,10 @@ class Housekeeper:
 
     def _orphaned(self) -> None:
         """The pool was garbage-collected without being closed: close what is idle."""
-        work = Round()
-        try:
-            with self.lock:
-                self.state.close(lambda: RuntimeError("pool collected"))
-                taken = self.state.take_idle(
-                    time.monotonic(), lambda entry: "pool closed", work.lease
-                )
-            for entry, reason in taken:
-                self._retire(entry, reason)
-        except BaseException:
-            self._give_up(work)
-            raise
+        self.custody.retire_idle(
+            lambda entry: "pool closed",
+            lambda: self.state.close(lambda: RuntimeError("pool collected")),
+        )
 
     # ------------------------------------------------------------------ maintenance
 
@@ -134,7 +118,7 @@ class Housekeeper:
         try:
             self._maintain(work)
         except BaseException:
-            self._give_up(work)
+            self.custody.give_up(work, "maintenance interrupted")
             raise
 
     def _maintain(self, work: Round) -> None:
@@ -175,12 +159,12 @@ class Housekeeper:
                 holder.where() if holder is not None else "unknown",
             )
             # Its state is unknown (maybe mid-transaction): closed rather than reused.
-            self._retire(entry, "garbage-collected while checked out")
+            self.custody.retire(entry, holder, "garbage-collected while checked out")
         for entry, reason in taken:
             if reason is _KEEPALIVE:
                 self._keepalive(entry)
             else:
-                self._retire(entry, reason)
+                self.custody.retire(entry, entry.holder, reason)
         for entry in leaks:
             holder = entry.holder
             logger.warning(
@@ -193,7 +177,8 @@ class Housekeeper:
         for lease in refills:
             if not self._refill(lease):
                 break  # backing off: the slots left are given back below
-        self._give_up(work)  # what is still held or reserved: slots of failed refills
+        # What is still held or reserved: the slots of refills not attempted.
+        self.custody.give_up(work, "maintenance interrupted")
 
     def _keepalive(self, entry: Entry) -> None:
         try:
@@ -203,13 +188,13 @@ class Housekeeper:
             with self.lock:
                 self.state.counters.pings += 1
                 self.state.counters.ping_failures += 1
-            self._retire(entry, "no answer to keepalive ping")
+            self.custody.retire(entry, entry.holder, "no answer to keepalive ping")
             return
         with self.lock:
             self.state.counters.pings += 1
-            reason = self.state.checkin(entry, time.monotonic())
+            holder, reason = entry.holder, self.state.checkin(entry, time.monotonic())
         if reason is not None:
-            self._retire(entry, reason)
+            self.custody.retire(entry, holder, reason)
 
     def _refill(self, lease: Lease) -> bool:
         """Open a connection in a slot reserved for ``min_size``; ``False`` if it failed."""
@@ -237,27 +222,8 @@ class Housekeeper:
                 self.connector.close(entry)
             raise
         if reason is not None:
-            self._retire(entry, reason)
+            self.custody.retire(entry, lease, reason)
         return True
-
-    def _retire(self, entry: Entry, reason: str) -> None:
-        """Close a connection this round holds, then take it out of the pool."""
-        with self.lock:
-            # From here on it never goes back to the pool, and the watchdog leaves its
-            # descriptor alone.
-            entry.broken = True
-            entry.fd = -1
-        self.connector.close(entry)
-        with self.lock:
-            self.state.unregister(entry, reason, time.monotonic())
-
-    def _give_up(self, work: Round) -> None:
-        """Take back what the round's leases still hold or reserve."""
-        for lease in work.leases:
-            with self.lock:
-                entry = self.state.abandon(lease, time.monotonic())
-            if entry is not None:
-                self._retire(entry, "maintenance interrupted")
 
     # ------------------------------------------------------------------ watchdog
 

@@ -33,10 +33,11 @@ from .classify import ErrorKind, classify
 from .config import Lifetimes, PoolConfig, PoolOptions, check_timeout
 from .connection import PooledConnection
 from .connector import Connector, ServerLimits
+from .custody import Custody
 from .drivers import Driver, resolve_driver
 from .drivers.sockets import readable
 from .dsn import DSN, parse_dsn
-from .entry import Entry, Lease, Round, Wake
+from .entry import Entry, Lease, Wake
 from .errors import PoolClosed, PoolTimeout, driver_error
 from .maintenance import Housekeeper
 from .policy import Check, Cleanup, Rules
@@ -116,13 +117,8 @@ class Pool:
         )
         self._local = threading.local()  # each thread's last connection
         self._pid = os.getpid()
-        self._housekeeper = Housekeeper(
-            name=self._name,
-            lock=self._lock,
-            state=self._state,
-            connector=self._connector,
-            config=config,
-        )
+        self._custody = Custody(lock=self._lock, state=self._state, connector=self._connector)
+        self._housekeeper = Housekeeper(name=self._name, custody=self._custody, config=config)
         self._housekeeper.start(self)
 
     # ------------------------------------------------------------------ public API
@@ -150,7 +146,7 @@ class Pool:
             lease.proxy = weakref.ref(conn)
             return conn
         except BaseException:
-            self._abandon(lease)
+            self._custody.abandon(lease, "check-out interrupted")
             raise
 
     getconn = connection
@@ -201,22 +197,12 @@ class Pool:
     def close(self, timeout: float = 5.0) -> None:
         """Close the pool: idle connections now, checked-out ones when they come back.
         Waiting threads get :class:`tether.PoolClosed`. Idempotent."""
-        work = Round()
-        try:
-            with self._lock:
-                first = not self._state.closed
-                self._state.close(self._closed_error)
-                taken = self._state.take_idle(
-                    time.monotonic(), lambda entry: "pool closed", work.lease
-                )
-            if first:
-                self._housekeeper.stop(timeout)
-            for entry, reason in taken:
-                self._retire(entry, entry.holder, reason)
-        except BaseException:
-            self._give_up(work)
-            raise
+        first = not self._state.closed
+        self._custody.retire_idle(
+            lambda entry: "pool closed", lambda: self._state.close(self._closed_error)
+        )
         if first:
+            self._housekeeper.stop(timeout)
             logger.info("%s: closed", self._name)
 
     @property
@@ -330,7 +316,7 @@ class Pool:
                 reason = f"{check.value} failed: {_describe(exc)}"
         self.count("replaced")
         logger.info("%s: replacing connection %d: %s", self._name, entry.session_id, reason)
-        self._retire(entry, lease, reason)
+        self._custody.retire(entry, lease, reason)
         return False
 
     def _wait(self, lease: Lease, deadline: float) -> Step | None:
@@ -402,18 +388,6 @@ class Pool:
         self._housekeeper.ensure_started(self)
         return entry
 
-    def _abandon(self, lease: Lease) -> None:
-        """A check-out (or renewal) gave up: take back what was granted to ``lease``."""
-        with self._lock:
-            entry = self._state.abandon(lease, time.monotonic())
-        if entry is not None:
-            self._retire(entry, lease, "check-out interrupted")
-
-    def _give_up(self, work: Round) -> None:
-        """A stretch of the pool's own work was cut short: take back what its leases hold."""
-        for lease in work.leases:
-            self._abandon(lease)
-
     # ------------------------------------------------------------------ give-back
     # (these, with count, evict_all and statement_timeout, are the
     # tether.lender.Lender interface the connections handed out use)
@@ -446,9 +420,9 @@ class Pool:
                 with self._lock:
                     reason = self._state.checkin(entry, time.monotonic())
             if reason is not None:
-                self._retire(entry, lease, reason)
+                self._custody.retire(entry, lease, reason)
         except BaseException:
-            self._retire(entry, lease, "give-back interrupted")
+            self._custody.retire(entry, lease, "give-back interrupted")
             self.count("interrupted")
             raise
 
@@ -468,27 +442,12 @@ class Pool:
         timeout (the slot is given up and taken again, in turn with any waiters)."""
         old = lease.entry
         if old is not None:
-            self._retire(old, lease, "connection lost")
+            self._custody.retire(old, lease, "connection lost")
         try:
             return self._acquire(lease, time.monotonic() + self._config.timeout)
         except BaseException:
-            self._abandon(lease)
+            self._custody.abandon(lease, "check-out interrupted")
             raise
-
-    def _retire(self, entry: Entry, holder: Lease | None, reason: str) -> None:
-        """Close ``entry`` and take it out of the pool, if ``holder`` still holds it (a
-        connection leaves the pool held: closed first, then unregistered, so an exception
-        between the two leaves it to its holder to finish)."""
-        if holder is None or entry.holder is not holder:
-            return
-        with self._lock:
-            # From here on it never goes back to the pool (a retirement cut short is
-            # finished by its holder), and the watchdog leaves its descriptor alone.
-            entry.broken = True
-            entry.fd = -1
-        self._connector.close(entry)
-        with self._lock:
-            self._state.unregister(entry, reason, time.monotonic())
 
     def count(self, event: str) -> None:
         with self._lock:
@@ -496,16 +455,7 @@ class Pool:
             setattr(counters, event, getattr(counters, event) + 1)
 
     def evict_all(self, reason: str) -> None:
-        work = Round()
-        try:
-            with self._lock:
-                self._state.expire_all()
-                taken = self._state.take_idle(time.monotonic(), lambda entry: reason, work.lease)
-            for entry, why in taken:
-                self._retire(entry, entry.holder, why)
-        except BaseException:
-            self._give_up(work)
-            raise
+        self._custody.retire_idle(lambda entry: reason, self._state.expire_all)
         logger.warning("%s: evicted every connection: %s", self._name, reason)
 
     def statement_timeout(self, query: str | bytes, timeout: float) -> str | bytes:
@@ -521,32 +471,11 @@ class Pool:
 
     def _timeout_error(self, waited: float) -> BaseException:
         with self._lock:
-            state = self._state
-            error, errno = state.last_connect_error, state.last_connect_errno
-            holders = sorted(
-                (e.holder for e in state.entries if e.holder is not None and e.holder.ident),
-                key=lambda lease: lease.since,
-            )
-            lines = [
-                f"{self._name}: no connection within {waited:.1f}s from"
-                f" {self._dsn.redacted()}: size {state.size}/{self._config.max_size},"
-                f" in use {state.in_use}, idle {len(state.idle)},"
-                f" waiting {len(state.waiters)}"
-            ]
-        if error is not None:
-            lines.append(f"last connect error: {error}")
-        now = time.monotonic()
-        if holders:
-            lines.append("held by:")
-            for lease in holders[:10]:
-                name = lease.thread.name if lease.thread is not None else "?"
-                lines.append(
-                    f"  thread {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
-                )
-            if len(holders) > 10:
-                lines.append(f"  ... and {len(holders) - 10} more")
+            report = self._state.report(time.monotonic())
+            errno = self._state.last_connect_errno
+        message = f"{self._name}: no connection within {waited:.1f}s from {self._dsn.redacted()}"
         return driver_error(
-            PoolTimeout, self._driver.OperationalError, errno or 0, "\n".join(lines)
+            PoolTimeout, self._driver.OperationalError, errno or 0, f"{message}: {report}"
         )
 
     # ------------------------------------------------------------------ processes

@@ -313,6 +313,31 @@ class PoolState:
                 leaks.append(entry)
         return leaks
 
+    def report(self, now: float) -> str:
+        """What a check-out that timed out is told: the gauges, the last connect error, and
+        who holds the connections (the longest held first): thread, for how long, where
+        acquired."""
+        lines = [
+            f"size {self.size}/{self.max_size}, in use {self.in_use}, idle {len(self.idle)},"
+            f" waiting {len(self.waiters)}"
+        ]
+        if self.last_connect_error is not None:
+            lines.append(f"last connect error: {self.last_connect_error}")
+        holders = sorted(
+            (e.holder for e in self.entries if e.holder is not None and e.holder.ident),
+            key=lambda lease: lease.since,
+        )
+        if holders:
+            lines.append("held by:")
+            for lease in holders[:10]:
+                name = lease.thread.name if lease.thread is not None else "?"
+                lines.append(
+                    f"  thread {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
+                )
+            if len(holders) > 10:
+                lines.append(f"  ... and {len(holders) - 10} more")
+        return "\n".join(lines)
+
     # ------------------------------------------------------------------ the whole pool
 
     def close(self, error: Callable[[], BaseException]) -> None:

@@ -27,6 +27,56 @@ STATUS_SESSION_STATE_CHANGED = 0x4000
 CLIENT_SESSION_TRACK = 1 << 23
 COM_RESET_CONNECTION = 0x1F
 
+# Attributes of either driver's connection that cannot change session state: reached through
+# a pooled connection, anything else marks the session as changed (reset when it goes back).
+SAFE_ATTRIBUTES = frozenset(
+    {
+        "escape",
+        "escape_string",
+        "literal",
+        "string_literal",
+        "insert_id",
+        "affected_rows",
+        "thread_id",
+        "get_server_info",
+        "get_host_info",
+        "get_proto_info",
+        "server_version",
+        "host_info",
+        "character_set_name",
+        "charset",
+        "encoding",
+        "encoders",
+        "decoders",
+        "converter",
+        "get_autocommit",
+        "warning_count",
+        "info",
+        "host",
+        "port",
+        "user",
+        "db",
+        "server_status",
+        "server_capabilities",
+        "errno",
+        "error",
+        "sqlstate",
+        "show_warnings",
+        "Error",
+        "Warning",
+        "InterfaceError",
+        "DatabaseError",
+        "DataError",
+        "OperationalError",
+        "IntegrityError",
+        "InternalError",
+        "ProgrammingError",
+        "NotSupportedError",
+        "messages",
+        "cursorclass",
+    }
+)
+
 #: A statement and its arguments, as a cursor's ``execute`` takes them.
 Statement = tuple[str, tuple[Any, ...]]
 
