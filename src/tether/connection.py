@@ -340,8 +340,19 @@ class PooledConnection:
         base = cursor._tether_base
         lease = self._lease
         entry = cursor._tether_entry
-        if lease is None or entry.holder is not lease or entry.in_flight or entry.raw is None:
+        if lease is None or entry.holder is not lease or entry.raw is None:
             return getattr(base, method)(cursor, *args)
+        if entry.broken:
+            # Lost, or a call on it was cut short (it is out of step with the server): what
+            # is left of the result can't be read. Closing the cursor reads nothing: the
+            # connection is closed when it goes back.
+            if method == "close":
+                return None
+            raise self._lender.driver.OperationalError(
+                2013, "Lost connection to server: the result can no longer be read"
+            )
+        if entry.in_flight:
+            return getattr(base, method)(cursor, *args)  # inside one of our own calls
         entry.in_flight = time.monotonic()
         try:
             result = getattr(base, method)(cursor, *args)

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..dsn import DSN
-from . import CLIENT_SESSION_TRACK, COM_RESET_CONNECTION, STATUS_SESSION_STATE_CHANGED, Driver
+from . import (
+    CLIENT_SESSION_TRACK,
+    COM_RESET_CONNECTION,
+    STATUS_MORE_RESULTS,
+    STATUS_SESSION_STATE_CHANGED,
+    Driver,
+)
 
 __all__ = ["PyMySQLDriver"]
 
@@ -25,7 +30,6 @@ class PyMySQLDriver(Driver):
     # "in transaction" under autocommit, but an implicit transaction opened by a SELECT with
     # autocommit off is invisible: such pools roll back on every return).
     status_after_results = False
-    more_results_in_status = False
 
     def __init__(self) -> None:
         import pymysql
@@ -122,8 +126,18 @@ class PyMySQLDriver(Driver):
         return int(sock.fileno())
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:
-        # Read after every statement: a partial of getattr runs in C, with no Python frame.
-        return functools.partial(getattr, raw, "server_status")
+        # PyMySQL keeps the bits of the last OK packet: its MORE_RESULTS may be left over
+        # from an earlier statement of a multi-statement, and need not say that results are
+        # left to read. So that bit comes from what PyMySQL knows itself: more result sets
+        # to come, or a streamed result not read to its end.
+        def read() -> int:
+            bits = int(raw.server_status) & ~STATUS_MORE_RESULTS
+            result = raw._result
+            if result is not None and (result.has_next or result.unbuffered_active):
+                bits |= STATUS_MORE_RESULTS
+            return bits
+
+        return read
 
     def clear_state_flag(self, raw: Any) -> None:
         # The bit would otherwise stay set through every following SELECT.
