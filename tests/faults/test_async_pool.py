@@ -7,6 +7,7 @@ no session left behind."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -272,7 +273,9 @@ def test_a_cap_below_the_task_count_is_backpressure(db: MariaDBServer, adriver: 
         async with tether.AsyncPool(dsn, driver=adriver, max_size=8, timeout=20) as pool:
             stop = asyncio.Event()
             watcher = asyncio.ensure_future(watch(stop))
-            errors = await hammer(pool, 16, 3.0, lambda c, i: one(c, "SELECT SLEEP(0.02), %s", (i,)))
+            errors = await hammer(
+                pool, 16, 3.0, lambda c, i: one(c, "SELECT SLEEP(0.02), %s", (i,))
+            )
             stop.set()
             await watcher
             assert errors == []
@@ -353,9 +356,7 @@ def test_cancelled_queries_and_fetches_leave_no_session(db: MariaDBServer, adriv
             # A write cancelled after it was sent: outcome unknown, counted.
             with pytest.raises(TimeoutError):
                 async with asyncio.timeout(0.3), pool.connection() as conn:
-                    await conn.cursor().execute(
-                        "INSERT INTO ledger SELECT 1, SLEEP(1) FROM DUAL"
-                    )
+                    await conn.cursor().execute("INSERT INTO ledger SELECT 1, SLEEP(1) FROM DUAL")
             assert pool.stats()["outcomes_unknown"] == 1
             # The pool serves at once, all slots back.
             async with pool.connection() as a, pool.connection() as b:
@@ -404,16 +405,8 @@ def test_cancelled_give_back_and_close_leave_no_session(db: MariaDBServer, adriv
         closing = asyncio.ensure_future(pool.close())
         await asyncio.sleep(0)
         closing.cancel()
-        with contextlib_suppress_cancel():
+        with contextlib.suppress(asyncio.CancelledError):
             await closing
         assert await no_sessions_soon(db) == []
 
     run(main())
-
-
-class contextlib_suppress_cancel:  # noqa: N801 - reads as a context manager
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, exc_type: object, exc: object, tb: object) -> bool:
-        return exc_type is asyncio.CancelledError
