@@ -232,3 +232,20 @@ def test_a_forked_child_never_uses_the_parents_connections() -> None:
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert not raw.closed  # the parent's connection was left alone
+
+
+def test_prometheus_exports_an_async_pool() -> None:
+    prometheus = pytest.importorskip("prometheus_client")
+    from tether.contrib.prometheus import register
+
+    async def main() -> None:
+        p = pool(name="exported")
+        async with p.connection() as conn:
+            await conn.cursor().execute("SELECT 1")
+        registry = prometheus.CollectorRegistry()
+        register(p, registry)
+        value = registry.get_sample_value("tether_pool_checkouts_total", {"pool": "exported"})
+        assert value == 1.0
+        await p.close()
+
+    asyncio.run(main())
