@@ -410,3 +410,25 @@ def test_cancelled_give_back_and_close_leave_no_session(db: MariaDBServer, adriv
         assert await no_sessions_soon(db) == []
 
     run(main())
+
+
+def test_bad_credentials_and_an_unreachable_server_fail_fast(
+    db: MariaDBServer, adriver: str
+) -> None:
+    async def main() -> None:
+        bad = db.dsn(user=db.user, password="wrong-pw")
+        async with tether.AsyncPool(bad, driver=adriver, timeout=20) as pool:
+            start = time.monotonic()
+            with pytest.raises(pool.driver.OperationalError) as info:
+                await pool.connection()
+            assert info.value.args[0] == 1045 and time.monotonic() - start < 5
+            assert "wrong-pw" not in str(info.value) + repr(pool)
+        nowhere = "mysql://app:pw@127.0.0.1:1/app"  # nothing listens on port 1
+        async with tether.AsyncPool(nowhere, driver=adriver, timeout=1.0) as pool:
+            start = time.monotonic()
+            with pytest.raises(tether.PoolTimeout) as timeout:
+                await pool.connection()
+            assert time.monotonic() - start < 5
+            assert "last connect error" in str(timeout.value)
+
+    run(main())
