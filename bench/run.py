@@ -29,6 +29,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import aio
 import micro
 from common import (
     DRIVERS,
@@ -193,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-web", action="store_true", help="only the micro benchmark")
     parser.add_argument(
+        "--skip-async", action="store_true", help="leave out the asyncio section (bench/aio.py)"
+    )
+    parser.add_argument("--async-seconds", type=float, help="per asyncio cell (quick 0.2, full 2)")
+    parser.add_argument(
         "--ab-slices", type=int, help="A/B slices of each variant (quick 10, full 300 to 600)"
     )
     parser.add_argument(
@@ -235,6 +240,15 @@ def main(argv: list[str] | None = None) -> int:
         connect = {x: micro.connect_cost(server, x, plan.connects) for x in d}
         breakdowns, profiles, breakdown_where = run_breakdown(server, plan)
         ab, ab_events, ab_where, ab_skipped = run_ab(server, plan)
+        asyncio_results = None
+        if not args.skip_async:
+            print("asyncio: AsyncPool beside a raw async connection and the peers ...", flush=True)
+            asyncio_results = aio.run(
+                server,
+                task_counts=(1, 16) if plan.quick else aio.TASK_COUNTS,
+                rounds=1 if plan.quick else 5,
+                seconds=args.async_seconds or (0.2 if plan.quick else 2.0),
+            )
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
         elapsed = time.monotonic() - started
@@ -265,7 +279,11 @@ def main(argv: list[str] | None = None) -> int:
     ratio_chart(results, output / "ratios.png")
     cost_chart(results, output / "costs.png")
     path = output / "RESULTS.md"
-    path.write_text(render(results))
+    text = render(results)
+    if asyncio_results is not None:
+        aio.chart(asyncio_results, output / "async.png")
+        text = text.rstrip("\n") + "\n\n" + aio.section(asyncio_results, "async.png")
+    path.write_text(text)
     print(f"wrote {path}, {output / 'ratios.png'}, {output / 'costs.png'} in {elapsed:.0f} s")
     return 0
 

@@ -1,6 +1,7 @@
 """tether: MySQL/MariaDB connections that stay healthy.
 
-A bounded pool (:class:`Pool`) and thread-mapped connections (:class:`ThreadLocalPool`) whose
+A bounded pool (:class:`Pool`), thread-mapped connections (:class:`ThreadLocalPool`) and an
+asyncio pool (:class:`AsyncPool`) whose
 check-out and give-back cost no round trip on the hot path, with lifetimes derived from the
 server's own timeouts, safe reconnects, clear errors, leak detection, fork safety and stats.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import logging
 
+from .aio import AsyncConnection, AsyncCursor, AsyncPool
 from .classify import ErrorKind
 from .config import PoolConfig, PoolOptions
 from .connection import PooledConnection
@@ -31,6 +33,9 @@ __version__ = "0.2.0"
 
 __all__ = [
     "DSN",
+    "AsyncConnection",
+    "AsyncCursor",
+    "AsyncPool",
     "ConnectionReleased",
     "Counters",
     "Cursor",

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .drivers import Driver
+    from .drivers import DriverBase
 
 __all__ = ["ERROR_KINDS", "ErrorKind", "classify"]
 
@@ -65,7 +65,7 @@ ERROR_KINDS: Mapping[int, ErrorKind] = {
 
 
 def classify(
-    exc: BaseException, driver: Driver, extra: Mapping[int, ErrorKind] | None = None
+    exc: BaseException, driver: DriverBase, extra: Mapping[int, ErrorKind] | None = None
 ) -> ErrorKind:
     """The kind of ``exc``. Socket errors and the drivers' "connection closed" interface
     errors count as disconnects."""

@@ -27,14 +27,15 @@ from .drivers import (
     STATUS_AUTOCOMMIT,
     STATUS_IN_TRANS,
     STATUS_SESSION_STATE_CHANGED,
+    DriverBase,
 )
 from .entry import Entry, Lease
 from .errors import ConnectionReleased, OutcomeUnknown, TransactionLost, driver_error
-from .lender import Lender
+from .lender import Judge, Lender
 from .policy import Outcome, after_disconnect
-from .statements import leaves_session_state
+from .statements import is_read_only, leaves_session_state
 
-__all__ = ["PooledConnection"]
+__all__ = ["PooledConnection", "failure_outcome", "interrupted", "note_reply"]
 
 C = TypeVar("C")
 
@@ -114,7 +115,7 @@ class PooledConnection:
         driver = self._lender.driver
         if lost == "transaction":
             self._lender.count("transactions_lost")
-            raise _lost(driver, 2013, "earlier (a call was interrupted)")
+            raise lost_error(driver, 2013, "earlier (a call was interrupted)")
         if lost == "session":
             raise driver.OperationalError(
                 2013,
@@ -317,21 +318,7 @@ class PooledConnection:
         return result
 
     def _noted(self, entry: Entry, statement: str | bytes | None) -> None:
-        """After a call that succeeded: keep the server's status bits of its reply (what a
-        lost connection is judged on) and note a change of session state, which only this
-        reply reports (or which the statement's text gives away)."""
-        # When the request was sent stands for when the server last answered: the idle
-        # timeout it feeds errs on the safe side.
-        entry.last_used = entry.in_flight
-        entry.in_flight = 0.0
-        read_status = entry.status
-        if read_status is not None:
-            bits = entry.last_status = read_status()
-            if bits & STATUS_SESSION_STATE_CHANGED:
-                entry.dirty = True
-                self._lender.driver.clear_state_flag(entry.raw)
-        if statement is not None and leaves_session_state(statement):
-            entry.dirty = True
+        note_reply(self._lender.driver, entry, statement)
 
     def _io(self, cursor: Any, method: str, args: tuple[Any, ...]) -> Any:
         """A cursor call that may read from the server but runs no statement (fetching a
@@ -369,17 +356,7 @@ class PooledConnection:
         return result
 
     def _interrupted(self, entry: Entry) -> None:
-        """A call was cut short by something other than the driver's own error (Ctrl-C, a
-        signal handler's exception, a bug): the protocol state is unknown. The connection is
-        not used again (``in_flight`` stays set: closed on return); if it held a transaction
-        or session state the caller has not heard about, the next use says so."""
-        entry.broken = True
-        bits = entry.last_status
-        if bits & STATUS_IN_TRANS:
-            entry.unreported = "transaction"
-        elif entry.dirty:
-            entry.unreported = "session"
-        self._lender.count("interrupted")
+        interrupted(self._lender, entry, None, "fetch")
 
     def _failed(
         self,
@@ -391,76 +368,138 @@ class PooledConnection:
         replayable: bool | None,
         attempt: int,
     ) -> Any:
-        """Decide what a failed call means. Returns ``None`` (the caller re-raises the
-        original error), ``_IGNORE`` (the call returns ``None``), or a fresh entry to run
-        the call again on; raises tether's own errors."""
-        lender = self._lender
-        driver = lender.driver
-        if not isinstance(exc, driver.Error):
-            self._interrupted(entry)
-            return None
-        kind = classify(exc, driver, lender.config.error_kinds)
-        if kind is not ErrorKind.DISCONNECT and kind is not ErrorKind.READ_ONLY:
-            self._noted(entry, None)  # the server answered with an error: still in sync
-            return None
-        entry.in_flight = 0.0
-        if kind is ErrorKind.READ_ONLY:
-            # A demoted primary: this connection will keep failing writes; closed on return
-            # (and, with evict_on_read_only="pool", every other one too).
-            entry.broken = True
-            if lender.config.evict_on_read_only == "pool":
-                lender.evict_all("server is read-only")
-            return None
-        entry.broken = True
-        code = driver.error_code(exc) or 2013
-        # PyMySQL's InterfaceError(0) means the socket was already gone: nothing was sent.
-        not_sent = code in _NOT_SENT or isinstance(exc, driver.InterfaceError)
-        bits = before
-        if entry.status is not None and entry.raw is not None:
-            # What the driver kept of the last reply it read: a nextset(), a close that
-            # drained results or the driver's connection used directly may have moved the
-            # session on since the last statement. Either source saying "in a transaction"
-            # or "autocommit" is believed: both lead to the stricter rule.
-            bits |= entry.status()
-        autocommit = bool(bits & STATUS_AUTOCOMMIT) if entry.status else lender.config.autocommit
-        watchdog, entry.watchdog_fired = entry.watchdog_fired, False
-        outcome = after_disconnect(
-            what="PING" if what.startswith("PING") else what,
-            statement=statement,
-            not_sent=not_sent,
-            in_transaction=bool(bits & STATUS_IN_TRANS),
-            autocommit=autocommit,
-            dirty=entry.dirty,
-            watchdog_fired=watchdog,
-            replay_reads=lender.config.replay_reads,
-            replayable=replayable,
+        """Decide what a failed call means (:func:`failure_outcome`). Returns ``None`` (the
+        caller re-raises the original error), ``_IGNORE`` (the call returns ``None``), or a
+        fresh entry to run the call again on; raises tether's own errors."""
+        outcome = failure_outcome(
+            self._lender, entry, exc, before, what, statement, replayable, attempt
         )
-        if outcome is Outcome.REPLAY and (attempt > 1 or what == "PING, no reconnect"):
-            outcome = Outcome.RAISE
-        if outcome is Outcome.TRANSACTION_LOST:
-            lender.count("transactions_lost")
-            where = "COMMIT could not be sent" if what == "COMMIT" else f"during {what}"
-            raise _lost(driver, code, where, exc) from exc
-        if outcome is Outcome.OUTCOME_UNKNOWN:
-            lender.count("outcomes_unknown")
-            raise _unknown(
-                driver, code, what, exc, lender.config.watchdog if watchdog else None
-            ) from exc
+        if outcome is None:
+            return None
         if outcome is Outcome.IGNORE:
             return _IGNORE
-        if outcome is Outcome.RAISE and watchdog:
-            raise driver.OperationalError(
-                code,
-                f"no answer from the server within {lender.config.watchdog:g}s: the watchdog"
-                f" broke the connection during {what} ({exc})",
-            ) from exc
-        if outcome is Outcome.RAISE:
-            return None
-        lender.count("replays")
-        return lender.renew(self._lease)  # type: ignore[arg-type]
+        self._lender.count("replays")
+        return self._lender.renew(self._lease)  # type: ignore[arg-type]
 
 
-def _lost(driver: Any, code: int, where: str, exc: BaseException | None = None) -> BaseException:
+def note_reply(driver: DriverBase, entry: Entry, statement: str | bytes | None) -> None:
+    """After a call that succeeded: keep the server's status bits of its reply (what a lost
+    connection is judged on) and note a change of session state, which only this reply
+    reports (or which the statement's text gives away). Ends the call's in-flight mark."""
+    # When the request was sent stands for when the server last answered (the idle timeout
+    # it feeds errs on the safe side), and saves reading the clock again.
+    entry.last_used = entry.in_flight or time.monotonic()
+    entry.in_flight = 0.0
+    read_status = entry.status
+    if read_status is not None:
+        bits = entry.last_status = read_status()
+        if bits & STATUS_SESSION_STATE_CHANGED:
+            entry.dirty = True
+            driver.clear_state_flag(entry.raw)
+    if statement is not None and leaves_session_state(statement):
+        entry.dirty = True
+
+
+def interrupted(
+    lender: Judge, entry: Entry, statement: str | bytes | None, what: str | bytes
+) -> None:
+    """A call was cut short by something other than the driver's own error (Ctrl-C, a
+    signal handler's exception, a cancellation, a bug): the protocol state is unknown. The
+    connection is not used again (``in_flight`` stays set: closed on return); if it held a
+    transaction or session state the caller has not heard about, the next use says so. A
+    write (or ``COMMIT``) cut short after it was sent is counted as outcome unknown: the
+    caller sees its own exception, and the write may or may not have run."""
+    entry.broken = True
+    bits = entry.last_status
+    if bits & STATUS_IN_TRANS:
+        entry.unreported = "transaction"
+    elif entry.dirty:
+        entry.unreported = "session"
+    lender.count("interrupted")
+    if what == "COMMIT" or (statement is not None and not is_read_only(statement)):
+        lender.count("outcomes_unknown")
+
+
+def failure_outcome(
+    lender: Judge,
+    entry: Entry,
+    exc: BaseException,
+    before: int,
+    what: str,
+    statement: str | bytes | None,
+    replayable: bool | None,
+    attempt: int,
+) -> Outcome | None:
+    """What a call that raised ``exc`` means, by :func:`tether.policy.after_disconnect`:
+    ``None`` (the caller re-raises ``exc``), :attr:`Outcome.IGNORE` (the call returns
+    ``None``) or :attr:`Outcome.REPLAY` (run it again on a fresh connection); raises
+    :class:`tether.TransactionLost`, :class:`tether.OutcomeUnknown` or the watchdog's error.
+    Both pool flavours' connections decide through this one function."""
+    driver = lender.driver
+    if not isinstance(exc, driver.Error):
+        interrupted(lender, entry, statement, what)
+        return None
+    entry.in_flight = 0.0
+    kind = classify(exc, driver, lender.config.error_kinds)
+    if kind is ErrorKind.READ_ONLY:
+        # A demoted primary: this connection will keep failing writes; closed on return
+        # (and, with evict_on_read_only="pool", every other one too).
+        entry.broken = True
+        if lender.config.evict_on_read_only == "pool":
+            lender.evict_all("server is read-only")
+        return None
+    if kind is not ErrorKind.DISCONNECT:
+        note_reply(driver, entry, None)  # the server answered with an error: still in sync
+        return None
+    entry.broken = True
+    code = driver.error_code(exc) or 2013
+    # PyMySQL's InterfaceError(0) means the socket was already gone: nothing was sent.
+    not_sent = code in _NOT_SENT or isinstance(exc, driver.InterfaceError)
+    bits = before
+    if entry.status is not None and entry.raw is not None:
+        # What the driver kept of the last reply it read: a nextset(), a close that
+        # drained results or the driver's connection used directly may have moved the
+        # session on since the last statement. Either source saying "in a transaction"
+        # or "autocommit" is believed: both lead to the stricter rule.
+        bits |= entry.status()
+    autocommit = bool(bits & STATUS_AUTOCOMMIT) if entry.status else lender.config.autocommit
+    watchdog, entry.watchdog_fired = entry.watchdog_fired, False
+    outcome = after_disconnect(
+        what="PING" if what.startswith("PING") else what,
+        statement=statement,
+        not_sent=not_sent,
+        in_transaction=bool(bits & STATUS_IN_TRANS),
+        autocommit=autocommit,
+        dirty=entry.dirty,
+        watchdog_fired=watchdog,
+        replay_reads=lender.config.replay_reads,
+        replayable=replayable,
+    )
+    if outcome is Outcome.REPLAY and (attempt > 1 or what == "PING, no reconnect"):
+        outcome = Outcome.RAISE
+    if outcome is Outcome.TRANSACTION_LOST:
+        lender.count("transactions_lost")
+        where = "COMMIT could not be sent" if what == "COMMIT" else f"during {what}"
+        raise lost_error(driver, code, where, exc) from exc
+    if outcome is Outcome.OUTCOME_UNKNOWN:
+        lender.count("outcomes_unknown")
+        raise _unknown(
+            driver, code, what, exc, lender.config.watchdog if watchdog else None
+        ) from exc
+    if outcome is Outcome.RAISE and watchdog:
+        raise driver.OperationalError(
+            code,
+            f"no answer from the server within {lender.config.watchdog:g}s: the watchdog"
+            f" broke the connection during {what} ({exc})",
+        ) from exc
+    if outcome is Outcome.RAISE:
+        return None
+    return outcome
+
+
+def lost_error(
+    driver: Any, code: int, where: str, exc: BaseException | None = None
+) -> BaseException:
     detail = f" ({exc})" if exc is not None else ""
     return driver_error(
         TransactionLost,

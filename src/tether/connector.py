@@ -15,14 +15,14 @@ from typing import Any
 
 from .config import Lifetimes, PoolConfig, lifetimes_under
 from .cursor import cursor_class
-from .drivers import Driver
+from .drivers import Driver, DriverBase
 from .drivers.sockets import poller, tune_socket
 from .dsn import DSN
 from .entry import Entry
 from .policy import Cleanup, expiry
 from .statements import server_milliseconds, server_seconds
 
-__all__ = ["Connector", "ServerLimits"]
+__all__ = ["Connector", "ConnectorBase", "ServerLimits"]
 
 logger = logging.getLogger("tether")
 
@@ -61,17 +61,73 @@ class ServerLimits:
         return {name: getattr(self, name) for name in self.__slots__}
 
 
-class Connector:
-    """Opens, checks, cleans and closes one pool's connections."""
+class ConnectorBase:
+    """What opening and resetting a session means, whatever does the I/O: the session
+    settings tether relies on, and the lifetimes learnt from the server's limits. The
+    threaded :class:`Connector` and the asyncio one (:mod:`tether.aio.connector`) share it."""
 
-    def __init__(self, *, name: str, driver: Driver, dsn: DSN, config: PoolConfig) -> None:
+    def __init__(self, *, name: str, driver: DriverBase, dsn: DSN, config: PoolConfig) -> None:
         self.name = name
-        self.driver = driver
         self.dsn = dsn
         self.config = config
         #: Known after the first connect; the lifetimes follow from it.
         self.server: ServerLimits | None = None
         self.lifetimes: Lifetimes = lifetimes_under(config, None)
+        self._driver_base = driver
+
+    def _session_settings(self, raw: Any) -> str:
+        """The session variables tether relies on, as one ``SET`` list."""
+        settings = ["SESSION session_track_state_change = ON"]
+        timeout = self.config.query_timeout
+        if timeout is not None:
+            # A server-side statement timeout: the server aborts the statement and the
+            # connection stays usable (a client-side read timeout would have to drop it).
+            if self._driver_base.is_mariadb(raw):
+                settings.append(f"SESSION max_statement_time = {server_seconds(timeout)}")
+            else:
+                settings.append(f"SESSION max_execution_time = {server_milliseconds(timeout)}")
+        return ", ".join(settings)
+
+    def _adopt(self, limits: ServerLimits) -> None:
+        """Derive lifetimes from the server's own idle timeout (read on first connect): no
+        connection is ever kept, or handed out, past what the server would keep."""
+        if self.server is not None:
+            return
+        self.lifetimes = lifetimes_under(self.config, limits.wait_timeout)
+        self.server = limits
+        for option in ("max_lifetime", "idle_timeout"):
+            want = getattr(self.config, option)
+            if want is not None and getattr(self.lifetimes, option) < want:
+                logger.info(
+                    "%s: %s %.0fs is above the server's wait_timeout %.0fs: using %.1fs",
+                    self.name,
+                    option,
+                    want,
+                    limits.wait_timeout,
+                    getattr(self.lifetimes, option),
+                )
+        logger.info(
+            "%s: server %s, wait_timeout %.0fs, max_connections %d, max_user_connections %d",
+            self.name,
+            limits.version,
+            limits.wait_timeout,
+            limits.max_connections,
+            limits.max_user_connections,
+        )
+
+    @staticmethod
+    def _note_status(entry: Entry) -> None:
+        if entry.status is not None:
+            entry.last_status = entry.status()
+        entry.last_used = time.monotonic()
+
+
+class Connector(ConnectorBase):
+    """Opens, checks, cleans and closes one pool's connections."""
+
+    def __init__(self, *, name: str, driver: Driver, dsn: DSN, config: PoolConfig) -> None:
+        super().__init__(name=name, driver=driver, dsn=dsn, config=config)
+        self.driver = driver
 
     # ------------------------------------------------------------------ opening
 
@@ -121,46 +177,6 @@ class Connector:
         finally:
             cur.close()
         self.driver.clear_state_flag(raw)
-
-    def _session_settings(self, raw: Any) -> str:
-        """The session variables tether relies on, as one ``SET`` list."""
-        settings = ["SESSION session_track_state_change = ON"]
-        timeout = self.config.query_timeout
-        if timeout is not None:
-            # A server-side statement timeout: the server aborts the statement and the
-            # connection stays usable (a client-side read timeout would have to drop it).
-            if self.driver.is_mariadb(raw):
-                settings.append(f"SESSION max_statement_time = {server_seconds(timeout)}")
-            else:
-                settings.append(f"SESSION max_execution_time = {server_milliseconds(timeout)}")
-        return ", ".join(settings)
-
-    def _adopt(self, limits: ServerLimits) -> None:
-        """Derive lifetimes from the server's own idle timeout (read on first connect): no
-        connection is ever kept, or handed out, past what the server would keep."""
-        if self.server is not None:
-            return
-        self.lifetimes = lifetimes_under(self.config, limits.wait_timeout)
-        self.server = limits
-        for option in ("max_lifetime", "idle_timeout"):
-            want = getattr(self.config, option)
-            if want is not None and getattr(self.lifetimes, option) < want:
-                logger.info(
-                    "%s: %s %.0fs is above the server's wait_timeout %.0fs: using %.1fs",
-                    self.name,
-                    option,
-                    want,
-                    limits.wait_timeout,
-                    getattr(self.lifetimes, option),
-                )
-        logger.info(
-            "%s: server %s, wait_timeout %.0fs, max_connections %d, max_user_connections %d",
-            self.name,
-            limits.version,
-            limits.wait_timeout,
-            limits.max_connections,
-            limits.max_user_connections,
-        )
 
     # ------------------------------------------------------------------ checking
 
@@ -214,12 +230,6 @@ class Connector:
         entry.in_flight = 0.0
         entry.dirty = False
         self._note_status(entry)
-
-    @staticmethod
-    def _note_status(entry: Entry) -> None:
-        if entry.status is not None:
-            entry.last_status = entry.status()
-        entry.last_used = time.monotonic()
 
     # ------------------------------------------------------------------ closing
 

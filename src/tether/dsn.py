@@ -1,7 +1,8 @@
 """DSN URLs: ``mysql://user:password@host:3306/db?charset=utf8mb4&connect_timeout=5``.
 
 Accepted schemes: ``mysql``, ``mariadb``, and ``mysql+pymysql`` / ``mysql+mysqldb`` /
-``mysql+mysqlclient`` (the part after ``+`` names the driver, as SQLAlchemy URLs do). The password
+``mysql+mysqlclient``, and for ``tether.AsyncPool`` ``mysql+asyncmy`` / ``mysql+aiomysql`` (the
+part after ``+`` names the driver, as SQLAlchemy URLs do). The password
 may be percent-encoded. ``unix_socket`` in the query selects a socket instead of TCP.
 """
 
@@ -26,6 +27,11 @@ _SCHEMES = {
     "mysql+mysqlclient": "mysqlclient",
     "mariadb+mysqldb": "mysqlclient",
     "mariadb+mysqlclient": "mysqlclient",
+    # The asyncio drivers (tether.AsyncPool).
+    "mysql+asyncmy": "asyncmy",
+    "mariadb+asyncmy": "asyncmy",
+    "mysql+aiomysql": "aiomysql",
+    "mariadb+aiomysql": "aiomysql",
 }
 
 # Query options understood by both drivers, with the type they are converted to.

@@ -14,9 +14,21 @@ import traceback
 import weakref
 from collections.abc import Callable
 from types import CodeType
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["Entry", "Lease", "Round", "Wake"]
+__all__ = ["Borrower", "Entry", "Lease", "Round", "Wake"]
+
+
+class Borrower(Protocol):
+    """Who a check-out is for: a thread (``threading.Thread``), or in the asyncio flavour a
+    task's stand-in. ``ident`` tells borrowers apart (connection affinity), ``name`` is
+    shown in messages."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def ident(self) -> int | None: ...
 
 
 class Wake:
@@ -41,12 +53,12 @@ class Lease:
 
     __slots__ = ("entry", "ident", "origin", "proxy", "since", "thread", "wake")
 
-    def __init__(self, thread: threading.Thread | None) -> None:
+    def __init__(self, thread: threading.Thread | Borrower | None) -> None:
         #: The entry granted to this lease (``entry.holder is self`` while it is valid).
         self.entry: Entry | None = None
-        #: The thread the check-out is for (named in messages), and its ident (connection
-        #: affinity); None and 0 for the pool's own work (a keepalive ping, a refill), which
-        #: is never a borrower.
+        #: The thread (or task) the check-out is for (named in messages), and its ident
+        #: (connection affinity); None and 0 for the pool's own work (a keepalive ping, a
+        #: refill), which is never a borrower.
         self.thread = thread
         self.ident = thread.ident or 0 if thread is not None else 0
         #: When the connection was handed out (monotonic).

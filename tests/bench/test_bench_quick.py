@@ -94,8 +94,11 @@ def test_quick_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
 
     text = (tmp_path / "RESULTS.md").read_text()
     assert "bench/run.py --quick" in text
-    for chart in ("ratios.png", "costs.png"):
+    for chart in ("ratios.png", "costs.png", "async.png"):
         assert (tmp_path / chart).stat().st_size > 1000
+    # The asyncio section: every async variant, both drivers, a verdict per judged count.
+    assert "## asyncio" in text and text.count("tether AsyncPool |") == 2
+    assert text.count("x raw (target 0.90)") == 4
 
     # A row per variant and driver at each thread count, with positive queries/s.
     throughput = section(text, "Throughput")

@@ -112,7 +112,7 @@ def demo(
     the same faults happen: a connection cap below the thread count, idling past wait_timeout,
     a server restart, sessions killed inside transactions, every session killed, a blackhole.
     The ledger then tells which writes were lost, duplicated or half-done. By default a
-    private throwaway MariaDB is started (and stopped); full run about 4 minutes.
+    private throwaway MariaDB is started (and stopped); full run about 7 minutes.
     """
     if (admin_dsn or cap_dsn) and not dsn:
         raise click.UsageError("--admin-dsn and --cap-dsn go with --dsn")

@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from ..pool import Pool
-from ..stats import Counters
+from ..stats import Counters, PoolStats
 
 __all__ = ["PoolCollector", "register"]
+
+
+class Pool(Protocol):
+    """Any tether pool (``Pool``, ``ThreadLocalPool``, ``AsyncPool``): it has ``stats()``."""
+
+    def stats(self) -> PoolStats: ...
+
 
 _GAUGES = {
     "size": "Open (and opening) connections",

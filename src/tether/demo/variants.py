@@ -1,6 +1,6 @@
 """The ways of getting a connection that the demo compares, each written the way its users
 write it: connect per request, a connection kept per thread, DBUtils ``PersistentDB``,
-SQLAlchemy with ``pool_pre_ping``, and tether.
+SQLAlchemy with ``pool_pre_ping``, and tether; and the asyncio ones (:mod:`.async_variants`).
 
 Every variant answers two requests: :meth:`Variant.read` (a ``SELECT`` by key) and
 :meth:`Variant.write` (``INSERT`` a ledger row, some application work, ``UPDATE`` a counter, in
@@ -350,16 +350,37 @@ class TetherThreadLocal(TetherPool):
     pool_class = tether.ThreadLocalPool
 
 
-VARIANTS: dict[str, type[Variant]] = {
-    cls.key: cls
-    for cls in (
-        ConnectPerRequest,
-        ConnectionPerThread,
-        DBUtilsPersistent,
-        SQLAlchemyPrePing,
-        TetherPool,
-        TetherThreadLocal,
+THREADED: tuple[type[Variant], ...] = (
+    ConnectPerRequest,
+    ConnectionPerThread,
+    DBUtilsPersistent,
+    SQLAlchemyPrePing,
+    TetherPool,
+    TetherThreadLocal,
+)
+
+
+def _registry() -> dict[str, type[Variant]]:
+    from .async_variants import AiomysqlPool, AsyncmyPool, SQLAlchemyAsync, TetherAsync
+
+    every: tuple[type[Variant], ...] = (
+        *THREADED,
+        AsyncmyPool,
+        AiomysqlPool,
+        SQLAlchemyAsync,
+        TetherAsync,
     )
-}
+    return {cls.key: cls for cls in every}
+
+
+VARIANTS: dict[str, type[Variant]] = _registry()
 DEFAULT_KEYS = tuple(VARIANTS)
-QUICK_KEYS = ("connect", "persistent", "dbutils", "sqlalchemy", "tether")
+QUICK_KEYS = (
+    "connect",
+    "persistent",
+    "dbutils",
+    "sqlalchemy",
+    "tether",
+    "asyncmy-pool",
+    "tether-async",
+)

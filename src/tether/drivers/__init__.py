@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..dsn import DSN
 from .sockets import neuter_fd
 
-__all__ = ["Driver", "get_driver", "resolve_driver"]
+__all__ = ["Driver", "DriverBase", "get_driver", "resolve_driver"]
 
 # Server status bits (include/mysql_com.h); both drivers expose the raw value of the last reply.
 STATUS_IN_TRANS = 0x0001
@@ -81,8 +81,11 @@ SAFE_ATTRIBUTES = frozenset(
 Statement = tuple[str, tuple[Any, ...]]
 
 
-class Driver:
-    """What the pool needs from a DB-API MySQL driver."""
+class DriverBase:
+    """What every pool flavour needs from a MySQL driver without talking to the server: its
+    error classes and error numbers, its status bits, its cursor classes, its connect
+    arguments. :class:`Driver` adds the blocking I/O; the asyncio flavour's drivers
+    (:mod:`tether.aio.drivers`) add the same I/O as coroutines."""
 
     name: ClassVar[str]
     module: Any
@@ -121,16 +124,6 @@ class Driver:
     def connect_arg_names(self) -> frozenset[str]:
         raise NotImplementedError
 
-    def connect(
-        self,
-        dsn: DSN,
-        *,
-        connect_timeout: float,
-        autocommit: bool,
-        connect_args: Mapping[str, Any],
-    ) -> Any:
-        raise NotImplementedError
-
     def io_timeouts(self, seconds: float) -> dict[str, Any]:
         """connect_args that bound every read and write of a connection (for probes)."""
         return {"read_timeout": seconds, "write_timeout": seconds}
@@ -156,11 +149,7 @@ class Driver:
         """The character set the driver encodes statements in."""
         raise NotImplementedError
 
-    # -- what the pool reads and does
-
-    def fileno(self, raw: Any) -> int:
-        """The socket's descriptor, or -1 when the connection is closed."""
-        raise NotImplementedError
+    # -- what the pool reads
 
     def status_reader(self, raw: Any) -> Callable[[], int] | None:
         """A function returning the status bits of the connection's last reply without a
@@ -169,14 +158,6 @@ class Driver:
 
     def clear_state_flag(self, raw: Any) -> None:
         """Forget the "session state changed" bit once the pool has taken note of it."""
-
-    def ping(self, raw: Any, timeout: float) -> None:
-        """A round trip that raises if the server does not answer within ``timeout``."""
-        raise NotImplementedError
-
-    def reset(self, raw: Any) -> bool:
-        """``COM_RESET_CONNECTION``: returns False when the driver cannot send it."""
-        raise NotImplementedError
 
     def thread_id(self, raw: Any) -> int:
         return int(raw.thread_id())
@@ -199,6 +180,32 @@ class Driver:
         if args and isinstance(args[0], int):
             return args[0]
         return None
+
+
+class Driver(DriverBase):
+    """What the threaded pool needs from a DB-API MySQL driver: blocking I/O."""
+
+    def connect(
+        self,
+        dsn: DSN,
+        *,
+        connect_timeout: float,
+        autocommit: bool,
+        connect_args: Mapping[str, Any],
+    ) -> Any:
+        raise NotImplementedError
+
+    def fileno(self, raw: Any) -> int:
+        """The socket's descriptor, or -1 when the connection is closed."""
+        raise NotImplementedError
+
+    def ping(self, raw: Any, timeout: float) -> None:
+        """A round trip that raises if the server does not answer within ``timeout``."""
+        raise NotImplementedError
+
+    def reset(self, raw: Any) -> bool:
+        """``COM_RESET_CONNECTION``: returns False when the driver cannot send it."""
+        raise NotImplementedError
 
     def execute(self, raw: Any, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         """Run one statement on ``raw`` and return its rows."""
@@ -240,6 +247,8 @@ def driver_name(name: str) -> str:
     """The canonical name for ``name`` ("mysqldb" is "mysqlclient"); ``ValueError`` for a
     driver tether does not support."""
     key = _ALIASES.get(name.lower()) if isinstance(name, str) else None
+    if key is None and isinstance(name, str) and name.lower() in ("asyncmy", "aiomysql"):
+        raise ValueError(f"driver={name!r} is an asyncio driver: use it with tether.AsyncPool")
     if key is None:
         raise ValueError(f"driver={name!r} is not supported (use 'pymysql' or 'mysqlclient')")
     return key

@@ -1,0 +1,190 @@
+"""The I/O the asyncio pool does on a connection, apart from running its holder's statements:
+open it and set its session up, learn the server's limits, ping it, put a returned session back
+to its baseline, close it. The same steps as :class:`tether.connector.Connector`, as
+coroutines; each leaves ``entry.in_flight`` set while it talks to the server, so one cut short
+by a cancellation leaves the connection marked as being in an unknown protocol state (and it is
+then closed). Closing never awaits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import Any
+
+from ..config import PoolConfig
+from ..connector import ConnectorBase, ServerLimits
+from ..drivers.sockets import poller, tune_socket
+from ..dsn import DSN
+from ..entry import Entry
+from ..policy import Cleanup, expiry
+from .drivers import AsyncDriver
+
+__all__ = ["AsyncConnector"]
+
+logger = logging.getLogger("tether")
+
+
+class AsyncConnector(ConnectorBase):
+    """Opens, checks, cleans and closes one asyncio pool's connections."""
+
+    def __init__(self, *, name: str, driver: AsyncDriver, dsn: DSN, config: PoolConfig) -> None:
+        super().__init__(name=name, driver=driver, dsn=dsn, config=config)
+        self.driver = driver
+        #: Kills of sessions whose call was cut short, under way.
+        self._kills: set[asyncio.Task[None]] = set()
+
+    async def open(self, deadline: float) -> Entry:
+        """A new connection, its session set up, within ``deadline`` (monotonic)."""
+        config, driver = self.config, self.driver
+        remaining = deadline - time.monotonic()
+        raw = await driver.connect(
+            self.dsn,
+            connect_timeout=max(0.05, min(config.connect_timeout, remaining)),
+            autocommit=config.autocommit,
+            connect_args=config.connect_args,
+        )
+        try:
+            fd = driver.fileno(raw)
+            tune_socket(fd)
+            await self._set_up(raw)
+            if self.server is None:
+                row = (await driver.execute(raw, ServerLimits.QUERY))[0]
+                self._adopt(ServerLimits(row))
+            now = time.monotonic()
+            return Entry(
+                raw,
+                status=driver.status_reader(raw),
+                fd=fd,
+                poller=poller(fd),
+                session_id=driver.thread_id(raw),
+                pid=os.getpid(),
+                now=now,
+                expires=expiry(now, self.lifetimes.max_lifetime),
+                cursor_class=driver.default_cursor(),
+                baseline=driver.session_baseline(raw, self.dsn, self.config.connect_args),
+            )
+        except BaseException:
+            driver.close(raw)
+            raise
+
+    async def _set_up(self, raw: Any) -> None:
+        """Per-session set-up (see :meth:`tether.connector.Connector._set_up`)."""
+        cur = self.driver.cursor(raw, None)
+        try:
+            await cur.execute("SET " + self._session_settings(raw))
+            for statement in self.config.init_commands:
+                await cur.execute(statement)
+        finally:
+            await cur.close()
+        self.driver.clear_state_flag(raw)
+
+    async def ping(self, entry: Entry, timeout: float) -> None:
+        """A round trip with a hard timeout; raises the driver's error if it fails."""
+        entry.in_flight = time.monotonic()
+        await self.driver.ping(entry.raw, timeout)
+        entry.in_flight = 0.0
+        entry.last_used = time.monotonic()
+
+    async def clean(self, entry: Entry, plan: Cleanup) -> None:
+        """Carry out a give-back's cleanup; raises if the server does not go along (the
+        caller then closes the connection)."""
+        raw = entry.raw
+        entry.in_flight = time.monotonic()
+        if plan & Cleanup.RESET:
+            await self.reset(entry)
+        else:
+            if plan & Cleanup.ROLLBACK:
+                await raw.rollback()
+            if plan & Cleanup.AUTOCOMMIT:
+                await raw.autocommit(self.config.autocommit)
+        entry.in_flight = 0.0
+        self._note_status(entry)
+
+    async def reset(self, entry: Entry) -> None:
+        """Put the session back where opening it left it (see
+        :meth:`tether.connector.Connector.reset`)."""
+        raw, driver = entry.raw, self.driver
+        entry.in_flight = time.monotonic()
+        await driver.reset(raw)
+        cur = self.driver.cursor(raw, None)
+        try:
+            for sql, args in entry.baseline:
+                await cur.execute(sql, args or None)
+            autocommit = 1 if self.config.autocommit else 0
+            await cur.execute(
+                f"SET {self._session_settings(raw)}, SESSION autocommit = {autocommit}"
+            )
+            if self.dsn.database:
+                await raw.select_db(self.dsn.database)
+            for statement in self.config.init_commands:
+                await cur.execute(statement)
+        finally:
+            await cur.close()
+        driver.clear_state_flag(raw)
+        entry.in_flight = 0.0
+        entry.dirty = False
+        self._note_status(entry)
+
+    def close(self, entry: Entry) -> None:
+        """Close ``entry``'s connection without awaiting anything: politely (``QUIT``) in
+        the process that opened it, without a byte on its socket in any other. Idempotent.
+
+        A connection closed while a call was in flight (cancelled mid-query) may still have
+        a statement running on the server, which keeps its session until the statement ends
+        (a ``SLEEP``, a long report): the session is killed from a short-lived connection,
+        on a task of the pool's own, so the caller's cancellation does not wait for it."""
+        raw = entry.raw
+        if raw is None:
+            return
+        if entry.pid == os.getpid():
+            self.driver.close(raw)
+            if entry.in_flight:
+                self._kill_later(entry.session_id)
+        else:
+            self.driver.abandon(raw)
+        entry.raw = None
+
+    def _kill_later(self, session_id: int) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop (at exit): the server ends the session when the statement does
+        task = loop.create_task(self._kill(session_id), name=f"tether-kill-{session_id}")
+        self._kills.add(task)
+        task.add_done_callback(self._kills.discard)
+
+    async def _kill(self, session_id: int) -> None:
+        driver = self.driver
+        timeout = min(self.config.connect_timeout, 5.0)
+        try:
+            raw = await driver.connect(
+                self.dsn,
+                connect_timeout=timeout,
+                autocommit=True,
+                connect_args=self.config.connect_args,
+            )
+        except Exception as exc:
+            logger.info("%s: could not kill session %d: %s", self.name, session_id, exc)
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await driver.execute(raw, f"KILL {int(session_id)}")
+            logger.debug("%s: killed session %d (a call was cut short)", self.name, session_id)
+        except Exception as exc:  # 1094: the session had already ended
+            logger.debug("%s: kill of session %d: %s", self.name, session_id, exc)
+        finally:
+            driver.close(raw)
+
+    async def settle(self, timeout: float) -> None:
+        """Wait (at most ``timeout`` seconds) for the kills under way."""
+        if self._kills:
+            await asyncio.wait(list(self._kills), timeout=timeout)
+
+    def abandon(self, entry: Entry) -> None:
+        """Drop ``entry``'s connection without a byte on its socket."""
+        if entry.raw is not None:
+            self.driver.abandon(entry.raw)
+        entry.raw = None
