@@ -252,9 +252,11 @@ class Pool:
 
     # ------------------------------------------------------------------ check-out
 
-    def _acquire(self, lease: Lease, deadline: float) -> Entry:
+    def _acquire(self, lease: Lease, deadline: float, *, verify: bool = False) -> Entry:
         """Grant ``lease`` a healthy connection by ``deadline``; the caller abandons the
-        lease if this raises."""
+        lease if this raises. ``verify``: an idle connection is pinged even if it would be
+        trusted or polled (whatever just cost the caller its connection, a restart or a
+        network blip, may have cost the others theirs)."""
         if os.getpid() != self._pid:
             lifecycle.after_fork_without_hooks(self)
         while True:
@@ -275,6 +277,8 @@ class Pool:
                 now = time.monotonic()
                 idle_limit = self._connector.lifetimes.idle_limit
                 check = self._rules.check(entry, now, lease.ident, self._pid, idle_limit)
+                if verify and (check is Check.TRUST or check is Check.POLL):
+                    check = Check.PING
                 if check is Check.TRUST or self._looked_at(lease, entry, check, now, deadline):
                     break
             elif step is Step.OPEN:
@@ -439,12 +443,13 @@ class Pool:
 
     def renew(self, lease: Lease) -> Entry:
         """Replace ``lease``'s lost connection with a healthy one, within the pool's
-        timeout (the slot is given up and taken again, in turn with any waiters)."""
+        timeout (the slot is given up and taken again, in turn with any waiters); an idle
+        one is pinged first."""
         old = lease.entry
         if old is not None:
             self._custody.retire(old, lease, "connection lost")
         try:
-            return self._acquire(lease, time.monotonic() + self._config.timeout)
+            return self._acquire(lease, time.monotonic() + self._config.timeout, verify=True)
         except BaseException:
             self._custody.abandon(lease, "check-out interrupted")
             raise
