@@ -334,6 +334,7 @@ class PooledConnection:
             # is left of the result can't be read. Closing the cursor reads nothing: the
             # connection is closed when it goes back.
             if method == "close":
+                self._lender.driver.detach_cursor(cursor)
                 return None
             raise self._lender.driver.OperationalError(
                 2013, "Lost connection to server: the result can no longer be read"
@@ -470,7 +471,9 @@ def failure_outcome(
         not_sent=not_sent,
         in_transaction=bool(bits & STATUS_IN_TRANS),
         autocommit=autocommit,
-        dirty=entry.dirty,
+        # State set through the driver's own connection shows only in the status bits the
+        # driver kept (tether's flag is set from the replies to its own calls).
+        dirty=entry.dirty or bool(bits & STATUS_SESSION_STATE_CHANGED),
         watchdog_fired=watchdog,
         replay_reads=lender.config.replay_reads,
         replayable=replayable,

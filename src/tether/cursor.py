@@ -112,6 +112,16 @@ class Cursor:
         conn = self._tether_conn
         return conn._run(self, "callproc", (procname, args), f"CALL {procname}", False)
 
+    def close(self) -> None:
+        if self._tether_entry.broken:
+            # The driver's close() reads what is left of the results. On a connection lost or
+            # out of step nothing can be read, and an error from trying would replace the
+            # caller's own (``with conn.cursor()`` around a call cut short): the cursor lets
+            # go of the connection without reading.
+            self._tether_conn._lender.driver.detach_cursor(self)
+            return
+        self._tether_base.close(self)
+
     def nextset(self) -> Any:
         # The one call of a buffered cursor that reads from the server after execute(): its
         # close() reads through it (results of a multi-statement left unread), so close()

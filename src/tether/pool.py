@@ -259,6 +259,7 @@ class Pool:
         network blip, may have cost the others theirs)."""
         if os.getpid() != self._pid:
             lifecycle.after_fork_without_hooks(self)
+        started = time.monotonic()  # for a timeout's message: the whole check-out's wait
         while True:
             # ``with``, not acquire() then ``try``: an exception landing between those two
             # would leave the lock held for good.
@@ -270,7 +271,7 @@ class Pool:
                 if step is Step.WAIT:
                     _prepare_to_wait(lease)
             if step is Step.WAIT:
-                step = self._wait(lease, deadline)
+                step = self._wait(lease, deadline, started)
             if step is Step.TAKE:
                 entry = lease.entry
                 assert entry is not None
@@ -282,7 +283,7 @@ class Pool:
                 if check is Check.TRUST or self._looked_at(lease, entry, check, now, deadline):
                     break
             elif step is Step.OPEN:
-                opened = self._open(lease, deadline)
+                opened = self._open(lease, deadline, started)
                 if opened is not None:
                     entry = opened
                     break
@@ -323,7 +324,7 @@ class Pool:
         self._custody.retire(entry, lease, reason)
         return False
 
-    def _wait(self, lease: Lease, deadline: float) -> Step | None:
+    def _wait(self, lease: Lease, deadline: float, checkout_started: float) -> Step | None:
         """Block until ``lease`` is granted a connection or a slot, or its deadline passes
         (:class:`PoolTimeout`). ``None``: look again (growth may be possible now)."""
         assert lease.wake is not None
@@ -346,12 +347,12 @@ class Pool:
                 if timed_out:
                     self._state.counters.timeouts += 1
             if timed_out:
-                raise self._timeout_error(time.monotonic() - started)
+                raise self._timeout_error(time.monotonic() - checkout_started)
             if step is not None or not notified:
                 self._wait_times.append(time.monotonic() - started)
                 return step
 
-    def _open(self, lease: Lease, deadline: float) -> Entry | None:
+    def _open(self, lease: Lease, deadline: float, checkout_started: float) -> Entry | None:
         """Open a connection in ``lease``'s reserved slot. ``None`` after a cap or an outage,
         which blocks growth for a jittered backoff instead of failing the caller (until
         the deadline); other errors (wrong password, unknown database) raise at once."""
@@ -379,7 +380,7 @@ class Pool:
             if time.monotonic() >= deadline:
                 with self._lock:
                     self._state.counters.timeouts += 1
-                raise self._timeout_error(self._config.timeout) from exc
+                raise self._timeout_error(time.monotonic() - checkout_started) from exc
             return None
         try:
             with self._lock:

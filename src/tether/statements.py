@@ -61,13 +61,23 @@ def _several(query: str | bytes) -> bool:
 def leaves_session_state(query: str | bytes) -> bool:
     """Whether ``query`` may leave state in its session that the server's session tracking
     does not flag: a user variable assigned inside a statement (``SELECT @n := ...``,
-    ``... INTO @n``) or an advisory lock (``GET_LOCK``). Runs after every statement, so it
-    is a few substring searches rather than a parse; it errs on the side of "yes"."""
+    ``... INTO @n``), an advisory lock (``GET_LOCK``) or a temporary table made by
+    ``CREATE TEMPORARY TABLE ... AS SELECT`` (which the server does not flag, unlike the
+    plain form). Runs after every statement, so it is a few substring searches rather than
+    a parse; it errs on the side of "yes"."""
     if isinstance(query, bytes):
         text_b = query.upper()
-        return b"GET_LOCK" in text_b or (b"@" in text_b and (b":=" in text_b or b"INTO" in text_b))
+        return (
+            b"GET_LOCK" in text_b
+            or b"TEMPORARY" in text_b
+            or (b"@" in text_b and (b":=" in text_b or b"INTO" in text_b))
+        )
     text = query.upper()
-    return "GET_LOCK" in text or ("@" in text and (":=" in text or "INTO" in text))
+    return (
+        "GET_LOCK" in text
+        or "TEMPORARY" in text
+        or ("@" in text and (":=" in text or "INTO" in text))
+    )
 
 
 def server_seconds(timeout: float) -> str:

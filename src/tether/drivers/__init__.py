@@ -174,6 +174,11 @@ class DriverBase:
         the connection unusable until they are drained)."""
         return False
 
+    def detach_cursor(self, cursor: Any) -> None:
+        """Close ``cursor`` without reading from its connection (which is lost or out of
+        step with the server): both drivers take a cursor without a connection as closed."""
+        cursor.connection = None
+
     def error_code(self, exc: BaseException) -> int | None:
         """The MySQL error number of a driver exception, if it has one."""
         args = getattr(exc, "args", ())
