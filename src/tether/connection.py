@@ -180,7 +180,16 @@ class PooledConnection:
 
     def autocommit(self, on: bool) -> None:
         """Switch autocommit for this check-out; restored when the connection goes back."""
+        entry = self._live()
+        # The server flags the switch as a change of session state, but the status bits of
+        # every reply say how autocommit stands and the give-back restores it: the switch
+        # alone leaves nothing a reset is needed for (ORMs switch it for every transaction).
+        # Where the driver can't report the bits, the flag stays the only record.
+        clean = not entry.dirty and entry.status is not None
         self._run(None, "autocommit", (on,), "SET autocommit", None)
+        lease = self._lease
+        if clean and lease is not None and lease.entry is entry:
+            entry.dirty = False
 
     def select_db(self, database: str) -> None:
         self._run(None, "select_db", (database,), "USE", None)
@@ -470,7 +479,9 @@ def failure_outcome(
         not_sent=not_sent,
         in_transaction=bool(bits & STATUS_IN_TRANS),
         autocommit=autocommit,
-        dirty=entry.dirty,
+        # A fresh session starts with the pool's autocommit: one switched away from it is
+        # not equivalent (a statement replayed there would run outside the transaction).
+        dirty=entry.dirty or autocommit != lender.config.autocommit,
         watchdog_fired=watchdog,
         replay_reads=lender.config.replay_reads,
         replayable=replayable,
