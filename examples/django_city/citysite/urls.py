@@ -1,0 +1,13 @@
+from django.contrib import admin
+from django.urls import path
+
+from cities import views
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("city", views.city),
+    path("acity", views.acity),
+    path("visit", views.visit),
+    path("stats", views.stats),
+    path("health", views.health),
+]

@@ -1,0 +1,121 @@
+"""``ENGINE = "tether.contrib.django"``: Django's MySQL backend with pooled connections.
+
+Everything is Django's own MySQL backend (features, introspection, operations, schema editor,
+creation, the cursor wrapper that turns some errors into ``IntegrityError``) except where a
+connection comes from and where it goes:
+
+* ``get_new_connection`` checks one out of the alias's tether pool (a
+  :class:`tether.PooledConnection`, which behaves as the driver's connection does);
+* ``_close`` gives it back: Django closes its connection at the end of each request
+  (``CONN_MAX_AGE = 0``), or when it is older than ``CONN_MAX_AGE``, or after an error when it
+  is no longer usable;
+* ``init_connection_state`` runs no statement: the isolation level (and
+  ``sql_auto_is_null = 0``) are the pool's init commands, applied once per server session;
+* ``is_usable`` asks no round trip: a connection that went back, or whose socket is gone, is
+  not usable; the pool checks every connection's transport before handing it out and replaces
+  a lost one, so ``CONN_HEALTH_CHECKS`` costs nothing and adds nothing;
+* a cursor asked for after the held connection sat idle longer than the pool's ``ping_after``
+  (a ``manage.py shell`` or a management command that slept past ``wait_timeout``) first
+  pings it with ``reconnect=True``: a lost connection is replaced before anything is sent,
+  unless a transaction was open (``TransactionLost``) or the session held state (the driver's
+  error), the rules tether applies everywhere.
+
+Errors are the driver's (tether's ``TransactionLost`` and ``OutcomeUnknown`` are also its
+``OperationalError``), so Django turns them into ``django.db.OperationalError`` with the tether
+error as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.mysql import base as mysql
+from django.utils.asyncio import async_unsafe
+
+from ...connection import PooledConnection
+from ...pool import Pool
+from .pools import driver_of, pool_for, pool_settings
+
+__all__ = ["Database", "DatabaseWrapper"]
+
+Database = mysql.Database
+
+
+class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
+    """Django's MySQL ``DatabaseWrapper`` on a tether pool."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # When the held connection last had a cursor made on it, and how long it may sit
+        # idle before the next cursor pings it first (the pool's ping_after).
+        self._tether_used = 0.0
+        self._tether_ping_after = 1.0
+
+    # ------------------------------------------------------------------ the pool
+
+    @property
+    def pool(self) -> Pool:
+        """This alias's pool in this process (made on first use)."""
+        return self._tether_pool(self.get_connection_params())
+
+    def _tether_pool(self, conn_params: dict[str, Any]) -> Pool:
+        options = self.settings_dict.get("OPTIONS") or {}
+        dsn, settings = pool_settings(
+            self.alias,
+            conn_params,
+            driver=driver_of(Database),
+            isolation_level=self.isolation_level,
+            autocommit=self.settings_dict["AUTOCOMMIT"],
+            pool_options=options.get("POOL"),
+        )
+        return pool_for(self.alias, dsn, settings)
+
+    def get_connection_params(self) -> dict[str, Any]:
+        params: dict[str, Any] = super().get_connection_params()
+        params.pop("POOL", None)  # tether's options, not the driver's
+        return params
+
+    @async_unsafe  # type: ignore[misc]
+    def get_new_connection(self, conn_params: dict[str, Any]) -> PooledConnection:
+        pool = self._tether_pool(conn_params)
+        conn = pool.connection()
+        # As Django's own backend does: mysqlclient's bytes encoder is a leftover that
+        # breaks binary values (mysqlclient issue 489).
+        encoders = conn.encoders
+        if encoders.get(bytes) is bytes:
+            encoders.pop(bytes)
+        self._tether_ping_after = pool.config.ping_after
+        self._tether_used = time.monotonic()
+        return conn
+
+    def init_connection_state(self) -> None:
+        # Django's MySQL backend sets the isolation level (and sql_auto_is_null) here with a
+        # statement per connection; they are the pool's init commands instead, set once per
+        # server session. What the base class does (the version check) stays.
+        BaseDatabaseWrapper.init_connection_state(self)
+
+    @async_unsafe  # type: ignore[misc]
+    def create_cursor(self, name: str | None = None) -> Any:
+        conn: PooledConnection = self.connection
+        now = time.monotonic()
+        if now - self._tether_used > self._tether_ping_after:
+            # Held but idle (a shell, a command that slept): a lost connection is replaced
+            # here, before a statement is sent, where tether's rules allow it.
+            conn.ping(reconnect=True)
+        self._tether_used = now
+        return mysql.CursorWrapper(conn.cursor())
+
+    def _close(self) -> None:
+        conn: PooledConnection | None = self.connection
+        if conn is None or conn.closed:
+            return
+        with self.wrap_database_errors:
+            # Gives it back: rolled back if a transaction is open, reset if the session
+            # changed, closed if it was lost.
+            conn.close()
+
+    def is_usable(self) -> bool:
+        conn: PooledConnection | None = self.connection
+        return conn is not None and not conn.closed and bool(conn.open)
