@@ -112,6 +112,18 @@ class Cursor:
         conn = self._tether_conn
         return conn._run(self, "callproc", (procname, args), f"CALL {procname}", False)
 
+    def close(self) -> None:
+        entry = self._tether_entry
+        if entry.broken or entry.raw is None:
+            # The connection is lost (or out of step with the server): nothing more can be
+            # read, and the driver's close would try (PyMySQL reads what is left through
+            # nextset) and raise over the error the caller is handling (Django closes the
+            # cursor of a failed statement before re-raising). The connection itself is
+            # closed when it goes back.
+            self.connection = None
+            return
+        super().close()
+
     def nextset(self) -> Any:
         # The one call of a buffered cursor that reads from the server after execute(): its
         # close() reads through it (results of a multi-statement left unread), so close()
