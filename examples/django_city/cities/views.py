@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import time
 
-from django.db import connection, transaction
+from django.db import OperationalError, connection, transaction
 from django.db.models import F
 from django.http import HttpRequest, HttpResponse, JsonResponse
 
@@ -32,13 +32,20 @@ def visit(request: HttpRequest) -> HttpResponse:
     open between its statements (the tests kill sessions meanwhile)."""
     name = request.GET.get("name", "")
     pause = float(request.GET.get("pause", "0"))
-    with transaction.atomic():
-        target = City.objects.select_for_update().get(name=name)
-        Visit.objects.get_or_create(city=target)
-        if pause:
-            time.sleep(pause)
-        Visit.objects.filter(city=target).update(n=F("n") + 1)
-        n = Visit.objects.get(city=target).n
+    try:
+        with transaction.atomic():
+            target = City.objects.select_for_update().get(name=name)
+            Visit.objects.get_or_create(city=target)
+            if pause:
+                time.sleep(pause)
+            Visit.objects.filter(city=target).update(n=F("n") + 1)
+            n = Visit.objects.get(city=target).n
+    except OperationalError as exc:
+        # The connection was lost inside the transaction: nothing of it was committed
+        # (tether's TransactionLost, as Django's OperationalError, is the cause).
+        cause = exc.__cause__
+        body = {"error": type(exc).__name__, "cause": type(cause).__name__, "detail": str(exc)}
+        return JsonResponse(body, status=503)
     return JsonResponse({"n": n})
 
 

@@ -80,12 +80,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
     @async_unsafe  # type: ignore[misc]
     def get_new_connection(self, conn_params: dict[str, Any]) -> PooledConnection:
         pool = self._tether_pool(conn_params)
-        conn = pool.connection()
-        # As Django's own backend does: mysqlclient's bytes encoder is a leftover that
-        # breaks binary values (mysqlclient issue 489).
-        encoders = conn.encoders
-        if encoders.get(bytes) is bytes:
-            encoders.pop(bytes)
+        conn = _checked_out(pool)
         self._tether_ping_after = pool.config.ping_after
         self._tether_used = time.monotonic()
         return conn
@@ -101,11 +96,28 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
         conn: PooledConnection = self.connection
         now = time.monotonic()
         if now - self._tether_used > self._tether_ping_after:
-            # Held but idle (a shell, a command that slept): a lost connection is replaced
-            # here, before a statement is sent, where tether's rules allow it.
-            conn.ping(reconnect=True)
+            conn = self._tether_revalidate(conn)
         self._tether_used = now
         return mysql.CursorWrapper(conn.cursor())
+
+    def _tether_revalidate(self, conn: PooledConnection) -> PooledConnection:
+        """The held connection sat idle (a shell, a command that slept past wait_timeout):
+        look at it before a statement is sent, as the pool does at a check-out."""
+        lease = conn._lease
+        entry = lease.entry if lease is not None else None
+        if not self.in_atomic_block and self.get_autocommit() and entry and not entry.dirty:
+            # Nothing in this session a fresh one would lack: give it back and check out
+            # again; the pool hands the same session back if it is alive (a poll or a
+            # ping) and a fresh one if it is not, without an error.
+            pool: Pool = conn._lender  # type: ignore[assignment]
+            conn.close()
+            self.connection = conn = _checked_out(pool)
+            return conn
+        # A transaction, or session state: a lost connection is replaced only where that
+        # loses nothing; otherwise the caller hears of it (TransactionLost, or the driver's
+        # error), as it would on the statement itself.
+        conn.ping(reconnect=True)
+        return conn
 
     def _close(self) -> None:
         conn: PooledConnection | None = self.connection
@@ -119,3 +131,13 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
     def is_usable(self) -> bool:
         conn: PooledConnection | None = self.connection
         return conn is not None and not conn.closed and bool(conn.open)
+
+
+def _checked_out(pool: Pool) -> PooledConnection:
+    conn = pool.connection()
+    # As Django's own backend does: mysqlclient's bytes encoder is a leftover that breaks
+    # binary values (mysqlclient issue 489).
+    encoders = conn.encoders
+    if encoders.get(bytes) is bytes:
+        encoders.pop(bytes)
+    return conn
