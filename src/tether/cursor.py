@@ -120,9 +120,9 @@ class Cursor:
             # nextset) and raise over the error the caller is handling (Django closes the
             # cursor of a failed statement before re-raising). The connection itself is
             # closed when it goes back.
-            self.connection = None
+            setattr(self, "connection", None)  # noqa: B010 - the driver's attribute
             return
-        super().close()
+        self._tether_base.close(self)
 
     def nextset(self) -> Any:
         # The one call of a buffered cursor that reads from the server after execute(): its

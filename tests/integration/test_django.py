@@ -33,6 +33,7 @@ def scenario(name: str, driver: str, server: MariaDBServer, timeout: float = 120
             server.dsn(),
             server.socket,
         ],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -47,6 +48,7 @@ def manage(server: MariaDBServer, driver: str, *args: str) -> subprocess.Complet
     env = {**os.environ, "DATABASE_URL": server.dsn(), "CITY_DRIVER": driver}
     return subprocess.run(
         [sys.executable, str(MANAGE), *args],
+        check=False,
         cwd=ROOT,
         env=env,
         capture_output=True,

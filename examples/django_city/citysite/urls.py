@@ -1,7 +1,6 @@
+from cities import views
 from django.contrib import admin
 from django.urls import path
-
-from cities import views
 
 urlpatterns = [
     path("admin/", admin.site.urls),

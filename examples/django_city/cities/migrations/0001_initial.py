@@ -11,9 +11,9 @@ def seed(apps, schema_editor):
 
 class Migration(migrations.Migration):
     initial = True
-    dependencies = []
+    dependencies: list[tuple[str, str]] = []  # noqa: RUF012 - Django's own layout
 
-    operations = [
+    operations = [  # noqa: RUF012
         migrations.CreateModel(
             name="City",
             fields=[

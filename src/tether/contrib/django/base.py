@@ -77,7 +77,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
         params.pop("POOL", None)  # tether's options, not the driver's
         return params
 
-    @async_unsafe  # type: ignore[misc]
+    @async_unsafe  # type: ignore[untyped-decorator]
     def get_new_connection(self, conn_params: dict[str, Any]) -> PooledConnection:
         pool = self._tether_pool(conn_params)
         conn = _checked_out(pool)
@@ -91,7 +91,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
         # server session. What the base class does (the version check) stays.
         BaseDatabaseWrapper.init_connection_state(self)
 
-    @async_unsafe  # type: ignore[misc]
+    @async_unsafe  # type: ignore[untyped-decorator]
     def create_cursor(self, name: str | None = None) -> Any:
         conn: PooledConnection = self.connection
         now = time.monotonic()
