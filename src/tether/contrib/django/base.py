@@ -27,6 +27,7 @@ error as ``__cause__``.
 
 from __future__ import annotations
 
+import copy
 import time
 from typing import Any
 
@@ -41,6 +42,7 @@ from .pools import driver_of, pool_for, pool_settings
 __all__ = ["Database", "DatabaseWrapper"]
 
 Database = mysql.Database
+_OLD_MYSQLCLIENT = Database.__name__ == "MySQLdb" and tuple(Database.version_info) < (2, 1)
 
 
 class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
@@ -52,6 +54,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
         # idle before the next cursor pings it first (the pool's ping_after).
         self._tether_used = 0.0
         self._tether_ping_after = 1.0
+        self._tether_cached: tuple[tuple[Any, ...], Pool] | None = None
 
     # ------------------------------------------------------------------ the pool
 
@@ -62,6 +65,13 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
 
     def _tether_pool(self, conn_params: dict[str, Any]) -> Pool:
         options = self.settings_dict.get("OPTIONS") or {}
+        key = (conn_params, self.isolation_level, self.settings_dict["AUTOCOMMIT"])
+        key += (options.get("POOL"),)
+        cached = self._tether_cached
+        # Each request's connect() lands here: the same settings find the same pool without
+        # rebuilding them (a pool replaced by a change of settings is closed, never reused).
+        if cached is not None and cached[0] == key and not cached[1].closed:
+            return cached[1]
         dsn, settings = pool_settings(
             self.alias,
             conn_params,
@@ -70,7 +80,9 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
             autocommit=self.settings_dict["AUTOCOMMIT"],
             pool_options=options.get("POOL"),
         )
-        return pool_for(self.alias, dsn, settings)
+        pool = pool_for(self.alias, dsn, settings)
+        self._tether_cached = (copy.deepcopy(key), pool)
+        return pool
 
     def get_connection_params(self) -> dict[str, Any]:
         params: dict[str, Any] = super().get_connection_params()
@@ -119,6 +131,15 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
         conn.ping(reconnect=True)
         return conn
 
+    def _set_autocommit(self, autocommit: bool) -> None:
+        conn: PooledConnection = self.connection
+        # Django sets it on every connect(); a session from the pool already has the alias's
+        # AUTOCOMMIT (the status bits of its last reply say so, no round trip).
+        if bool(conn.get_autocommit()) == autocommit:
+            return
+        with self.wrap_database_errors:
+            conn.autocommit(autocommit)
+
     def _close(self) -> None:
         conn: PooledConnection | None = self.connection
         if conn is None or conn.closed:
@@ -135,9 +156,10 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
 
 def _checked_out(pool: Pool) -> PooledConnection:
     conn = pool.connection()
-    # As Django's own backend does: mysqlclient's bytes encoder is a leftover that breaks
-    # binary values (mysqlclient issue 489).
-    encoders = conn.encoders
-    if encoders.get(bytes) is bytes:
-        encoders.pop(bytes)
+    if _OLD_MYSQLCLIENT:
+        # As Django's own backend does: before mysqlclient 2.1 its bytes encoder was a
+        # leftover that breaks binary values (mysqlclient issue 489).
+        encoders = conn.encoders
+        if encoders.get(bytes) is bytes:
+            encoders.pop(bytes)
     return conn
