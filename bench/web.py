@@ -189,9 +189,7 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(
-    wrk: str, port: int, connections: int, seconds: int, *, path: str = PATH
-) -> Measure:
+def run_wrk(wrk: str, port: int, connections: int, seconds: int, *, path: str = PATH) -> Measure:
     threads = min(connections, 2)  # the machine's two cores serve gunicorn and MariaDB too
     out = subprocess.run(
         [
