@@ -109,6 +109,16 @@ def test_threads_never_hold_more_sessions_than_the_bound(db: MariaDBServer, driv
     assert out["size"] <= 4 and out["in_use"] == 0
 
 
+def test_a_full_pool_is_djangos_operational_error_after_the_timeout(
+    db: MariaDBServer, driver: str
+) -> None:
+    out = scenario("pool_timeout", driver, db)
+    assert out["raised"] == "django.db.utils.OperationalError"
+    assert out["cause_is_pool_timeout"] is True
+    assert 0.4 <= out["waited"] < 10
+    assert out["after"] is True
+
+
 def test_pool_options_are_checked_with_clear_errors(db: MariaDBServer) -> None:
     out = scenario("bad_options", "pymysql", db)
     assert "max_size" in out["max_size"] and "POOL" in out["max_size"]

@@ -259,6 +259,45 @@ def threads(driver: str, dsn: str, socket: str) -> dict[str, Any]:
     }
 
 
+def pool_timeout(driver: str, dsn: str, socket: str) -> dict[str, Any]:
+    """A thread that finds the pool's bound taken by others waits up to the pool's timeout,
+    then gets Django's OperationalError caused by tether's PoolTimeout."""
+    configure(driver, dsn, OPTIONS={"POOL": {"max_size": 1, "timeout": 0.5}})
+    from django.db import OperationalError, connection
+
+    import tether
+
+    out: dict[str, Any] = {}
+    connection.ensure_connection()  # the only connection, held by this thread
+
+    def other() -> None:
+        started = time.monotonic()
+        try:
+            connection.ensure_connection()  # this thread's own Django connection
+            out["raised"] = None
+        except OperationalError as exc:
+            out["raised"] = type(exc).__module__ + "." + type(exc).__name__
+            out["cause_is_pool_timeout"] = isinstance(exc.__cause__, tether.PoolTimeout)
+            out["waited"] = time.monotonic() - started
+        finally:
+            connection.close()
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join(30)
+    connection.close()
+    out["after"] = pool_checkouts_work(connection)
+    return out
+
+
+def pool_checkouts_work(connection: Any) -> bool:
+    with connection.cursor() as cur:
+        cur.execute("SELECT 1")
+        ok = cur.fetchone() == (1,)
+    connection.close()
+    return ok
+
+
 def bad_options(driver: str, dsn: str, socket: str) -> dict[str, Any]:
     """OPTIONS["POOL"] is checked at first use; the error names the option, never the
     password."""
@@ -293,7 +332,7 @@ def bad_options(driver: str, dsn: str, socket: str) -> dict[str, Any]:
 
 
 SCENARIOS: dict[str, Callable[[str, str, str], dict[str, Any]]] = {
-    f.__name__: f for f in (orm, atomic_lost, shell_idle, threads, bad_options)
+    f.__name__: f for f in (orm, atomic_lost, shell_idle, threads, pool_timeout, bad_options)
 }
 
 if __name__ == "__main__":
