@@ -15,10 +15,13 @@ connection comes from and where it goes:
   not usable; the pool checks every connection's transport before handing it out and replaces
   a lost one, so ``CONN_HEALTH_CHECKS`` costs nothing and adds nothing;
 * a cursor asked for after the held connection sat idle longer than the pool's ``ping_after``
-  (a ``manage.py shell`` or a management command that slept past ``wait_timeout``) first
-  pings it with ``reconnect=True``: a lost connection is replaced before anything is sent,
-  unless a transaction was open (``TransactionLost``) or the session held state (the driver's
-  error), the rules tether applies everywhere.
+  (a ``manage.py shell`` or a management command that slept past ``wait_timeout``) is looked
+  at first: a session that holds nothing is given back and checked out again (the pool hands
+  out the same one if it is alive, a fresh one if not); otherwise it is pinged with
+  ``reconnect=True``: replaced only where that loses nothing, else ``TransactionLost`` or the
+  driver's error, the rules tether applies everywhere;
+* ``_set_autocommit`` sends nothing when the session already has the wanted mode (Django sets
+  it on every connect).
 
 Errors are the driver's (tether's ``TransactionLost`` and ``OutcomeUnknown`` are also its
 ``OperationalError``), so Django turns them into ``django.db.OperationalError`` with the tether
@@ -115,6 +118,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
     def _tether_revalidate(self, conn: PooledConnection) -> PooledConnection:
         """The held connection sat idle (a shell, a command that slept past wait_timeout):
         look at it before a statement is sent, as the pool does at a check-out."""
+        # tether's own proxy: its lease says whether the session holds anything.
         lease = conn._lease
         entry = lease.entry if lease is not None else None
         if not self.in_atomic_block and self.get_autocommit() and entry and not entry.dirty:
