@@ -68,8 +68,8 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
 
     def _tether_pool(self, conn_params: dict[str, Any]) -> Pool:
         options = self.settings_dict.get("OPTIONS") or {}
-        key = (conn_params, self.isolation_level, self.settings_dict["AUTOCOMMIT"])
-        key += (options.get("POOL"),)
+        autocommit = self.settings_dict["AUTOCOMMIT"]
+        key = (conn_params, self.isolation_level, autocommit, options.get("POOL"))
         cached = self._tether_cached
         # Each request's connect() lands here: the same settings find the same pool without
         # rebuilding them (a pool replaced by a change of settings is closed, never reused).
@@ -80,7 +80,7 @@ class DatabaseWrapper(mysql.DatabaseWrapper):  # type: ignore[misc]
             conn_params,
             driver=driver_of(Database),
             isolation_level=self.isolation_level,
-            autocommit=self.settings_dict["AUTOCOMMIT"],
+            autocommit=autocommit,
             pool_options=options.get("POOL"),
         )
         pool = pool_for(self.alias, dsn, settings)
