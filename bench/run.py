@@ -251,6 +251,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         web_seconds = args.web_seconds or (None if plan.quick else WEB_SECONDS)
         web, web_note = run_web(plan.quick, server, output, web_seconds, skip=args.skip_web)
+        django_section = None
+        if not plan.quick and not args.skip_web and importlib.util.find_spec("django"):
+            import orm_django  # the Django city lookup (bench/orm_django.py)
+
+            print("Django: the city lookup under gunicorn ...", flush=True)
+            django_section = orm_django.section(orm_django.run(server.dsn()), command)
         elapsed = time.monotonic() - started
         others = meter.others(elapsed)
 
@@ -283,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     if asyncio_results is not None:
         aio.chart(asyncio_results, output / "async.png")
         text = text.rstrip("\n") + "\n\n" + aio.section(asyncio_results, "async.png")
+    if django_section is not None:
+        text = text.rstrip("\n") + "\n\n" + django_section
     path.write_text(text)
     print(f"wrote {path}, {output / 'ratios.png'}, {output / 'costs.png'} in {elapsed:.0f} s")
     return 0

@@ -189,7 +189,7 @@ def _ms(text: str) -> float:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def run_wrk(wrk: str, port: int, connections: int, seconds: int) -> Measure:
+def run_wrk(wrk: str, port: int, connections: int, seconds: int, *, path: str = PATH) -> Measure:
     threads = min(connections, 2)  # the machine's two cores serve gunicorn and MariaDB too
     out = subprocess.run(
         [
@@ -203,7 +203,7 @@ def run_wrk(wrk: str, port: int, connections: int, seconds: int) -> Measure:
             "--timeout",
             "10s",
             "--latency",
-            f"http://127.0.0.1:{port}{PATH}",
+            f"http://127.0.0.1:{port}{path}",
         ],
         capture_output=True,
         text=True,

@@ -180,7 +180,16 @@ class PooledConnection:
 
     def autocommit(self, on: bool) -> None:
         """Switch autocommit for this check-out; restored when the connection goes back."""
+        entry = self._live()
+        # The server flags the switch as a change of session state, but the status bits of
+        # every reply say how autocommit stands and the give-back restores it: the switch
+        # alone leaves nothing a reset is needed for (ORMs switch it for every transaction).
+        # Where the driver can't report the bits, the flag stays the only record.
+        clean = not entry.dirty and entry.status is not None
         self._run(None, "autocommit", (on,), "SET autocommit", None)
+        lease = self._lease
+        if clean and lease is not None and lease.entry is entry:
+            entry.dirty = False
 
     def select_db(self, database: str) -> None:
         self._run(None, "select_db", (database,), "USE", None)
@@ -393,10 +402,12 @@ def note_reply(driver: DriverBase, entry: Entry, statement: str | bytes | None) 
     entry.in_flight = 0.0
     read_status = entry.status
     if read_status is not None:
-        bits = entry.last_status = read_status()
+        bits = read_status()
         if bits & STATUS_SESSION_STATE_CHANGED:
             entry.dirty = True
             driver.clear_state_flag(entry.raw)
+            bits = read_status()  # as the driver keeps it now (PyMySQL's flag cleared)
+        entry.last_status = bits
     if statement is not None and leaves_session_state(statement):
         entry.dirty = True
 
@@ -457,12 +468,19 @@ def failure_outcome(
     # PyMySQL's InterfaceError(0) means the socket was already gone: nothing was sent.
     not_sent = code in _NOT_SENT or isinstance(exc, driver.InterfaceError)
     bits = before
+    set_behind_our_back = False
     if entry.status is not None and entry.raw is not None:
         # What the driver kept of the last reply it read: a nextset(), a close that
         # drained results or the driver's connection used directly may have moved the
         # session on since the last statement. Either source saying "in a transaction"
         # or "autocommit" is believed: both lead to the stricter rule.
-        bits |= entry.status()
+        kept = entry.status()
+        bits |= kept
+        # A change of session state in a reply tether did not note (the driver's own
+        # connection used directly): tether's dirty flag does not know of it.
+        set_behind_our_back = bool(kept & STATUS_SESSION_STATE_CHANGED) and (
+            kept != entry.last_status
+        )
     autocommit = bool(bits & STATUS_AUTOCOMMIT) if entry.status else lender.config.autocommit
     watchdog, entry.watchdog_fired = entry.watchdog_fired, False
     outcome = after_disconnect(
@@ -471,9 +489,9 @@ def failure_outcome(
         not_sent=not_sent,
         in_transaction=bool(bits & STATUS_IN_TRANS),
         autocommit=autocommit,
-        # State set through the driver's own connection shows only in the status bits the
-        # driver kept (tether's flag is set from the replies to its own calls).
-        dirty=entry.dirty or bool(bits & STATUS_SESSION_STATE_CHANGED),
+        # A fresh session starts with the pool's autocommit: one switched away from it is
+        # not equivalent (a statement replayed there would run outside the transaction).
+        dirty=entry.dirty or set_behind_our_back or autocommit != lender.config.autocommit,
         watchdog_fired=watchdog,
         replay_reads=lender.config.replay_reads,
         replayable=replayable,

@@ -113,11 +113,14 @@ class Cursor:
         return conn._run(self, "callproc", (procname, args), f"CALL {procname}", False)
 
     def close(self) -> None:
-        if self._tether_entry.broken:
+        entry = self._tether_entry
+        if entry.broken or entry.raw is None:
             # The driver's close() reads what is left of the results. On a connection lost or
             # out of step nothing can be read, and an error from trying would replace the
-            # caller's own (``with conn.cursor()`` around a call cut short): the cursor lets
-            # go of the connection without reading.
+            # error the caller is handling (``with conn.cursor()`` around a call cut short;
+            # Django closes the cursor of a failed statement before re-raising): the cursor
+            # lets go of the connection without reading. The connection itself is closed
+            # when it goes back.
             self._tether_conn._lender.driver.detach_cursor(self)
             return
         self._tether_base.close(self)

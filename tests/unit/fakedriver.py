@@ -61,6 +61,8 @@ class FakeCursor:
             conn.status = (
                 (conn.status | STATUS_AUTOCOMMIT) if on else (conn.status & ~STATUS_AUTOCOMMIT)
             )
+            # As the server does: a system variable changed, so the reply flags it.
+            conn.status |= STATUS_SESSION_STATE_CHANGED
         rows: list[tuple[Any, ...]] = [(1,)]
         if "VERSION()" in q:
             rows = [("10.11-fake-MariaDB", conn.driver.wait_timeout, 151, 0, 30, 60)]

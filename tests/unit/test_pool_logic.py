@@ -297,6 +297,42 @@ def test_autocommit_flip_is_restored(make_pool: Any, fake: FakeDriver) -> None:
     assert fake.connections[0].status & 0x2
 
 
+def test_a_transaction_through_autocommit_needs_no_reset(make_pool: Any, fake: FakeDriver) -> None:
+    # What an ORM does for each transaction (Django's atomic()): autocommit off, statements,
+    # commit, autocommit on. The status bits track autocommit; the switch is no session state.
+    pool = make_pool()
+    for _ in range(3):
+        with pool.connection() as c:
+            c.autocommit(False)
+            c.cursor().execute("UPDATE t SET n = n + 1")
+            c.commit()
+            c.autocommit(True)
+    assert "<reset>" not in fake.connections[0].statements
+    assert pool.stats()["resets"] == 0 and fake.connects == 1
+
+
+def test_autocommit_left_off_is_restored_without_a_reset(make_pool: Any, fake: FakeDriver) -> None:
+    pool = make_pool()
+    with pool.connection() as c:
+        c.autocommit(False)
+    assert fake.connections[0].status & 0x2
+    assert "<reset>" not in fake.connections[0].statements
+
+
+def test_read_lost_with_autocommit_switched_off_is_not_replayed(
+    make_pool: Any, fake: FakeDriver
+) -> None:
+    # No transaction is open yet, but a fresh session would have autocommit on: the read, and
+    # what the caller runs after it, would run outside the transaction it asked for.
+    pool = make_pool()
+    with pool.connection() as c:
+        c.autocommit(False)
+        fake.connections[0].kill()
+        with pytest.raises(FakeOperationalError):
+            c.cursor().execute("SELECT 1")
+    assert pool.stats()["replays"] == 0
+
+
 def test_max_lifetime_retires_connections(make_pool: Any, fake: FakeDriver) -> None:
     pool = make_pool(max_lifetime=0.2)
     with pool.connection() as c:
