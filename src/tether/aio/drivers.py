@@ -39,6 +39,11 @@ __all__ = ["AsyncDriver", "get_async_driver", "resolve_async_driver"]
 # A COM_QUIT packet: length 1, sequence 0, command 0x01.
 _QUIT = struct.pack("<i", 1) + bytes([0x01])
 
+# What both drivers' socket set-up (keepalive, no-delay) raises when it finds the transport
+# already closed: under uvloop, a peer that reset the connection right after accepting it (a
+# proxy whose server is down, a server going away mid-restart).
+_TRANSPORT_GONE = "Transport does not expose socket instance"
+
 # Connections dropped in a forked child: kept referenced so that their transports are never
 # collected (a collected transport closes its socket through the parent's event loop).
 _inherited: list[Any] = []
@@ -81,6 +86,13 @@ class AsyncDriver(DriverBase):
         except OSError as exc:
             self.close(raw)
             raise self.OperationalError(2003, f"Can't connect to server ({exc})") from exc
+        except RuntimeError as exc:
+            self.close(raw)
+            if str(exc) != _TRANSPORT_GONE:
+                raise
+            raise self.OperationalError(
+                2013, "Lost connection to server at handshake (reset by the peer)"
+            ) from exc
         except BaseException:
             self.close(raw)
             raise
