@@ -130,6 +130,7 @@ class FakeAsyncConnection:
         self.server_status = STATUS_AUTOCOMMIT if autocommit else 0
         self.closed = False
         self.busy = False
+        self.dropped = False
         self.statements: list[str] = []
         self.pings = 0
 
@@ -138,7 +139,7 @@ class FakeAsyncConnection:
             raise FakeInterfaceError(0, "")
         if self.busy:
             raise FakeProgrammingError(2014, "Commands out of sync; you can't run this command now")
-        if self.server_end.fileno() == -1:
+        if self.server_end.fileno() == -1 or self.dropped:
             raise FakeOperationalError(2013, "Lost connection to server during query")
         self.busy = True
         self.statements.append(what)
@@ -181,6 +182,11 @@ class FakeAsyncConnection:
     def kill(self) -> None:
         """The server side goes away: the pool's look at the socket sees it readable."""
         self.server_end.close()
+
+    def drop(self) -> None:
+        """The session is gone without a word on the socket yet (a server restart whose resets
+        a proxy or the network has not passed on): only a round trip finds out."""
+        self.dropped = True
 
     def close(self) -> None:
         if self.closed:
