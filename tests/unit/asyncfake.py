@@ -84,7 +84,7 @@ class FakeAsyncCursor:
 
 
 class FakeSSCursor(FakeAsyncCursor):
-    """A streaming cursor: fetching reads from the server."""
+    """A streaming cursor: fetching reads from the server (and fails once it is gone)."""
 
     async def execute(self, query: str, args: Any = None) -> int:
         conn = self.connection
@@ -93,29 +93,36 @@ class FakeSSCursor(FakeAsyncCursor):
         self.rows = [(1,), (2,)]
         return 1  # the reply is still coming: busy until fetched to the end
 
-    async def fetchone(self) -> tuple[Any, ...] | None:
+    async def _read(self) -> None:
         await point()
+        conn = self.connection
+        if conn.dropped or conn.server_end.fileno() == -1:
+            raise FakeOperationalError(2013, "Lost connection to server during query")
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        await self._read()
         if not self.rows:
             self.connection.receive()
             return None
         return self.rows.pop(0)
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
-        await point()
+        await self._read()
         rows, self.rows = self.rows, []
         self.connection.receive()
         return rows
 
     async def fetchmany(self, size: int = 1) -> list[tuple[Any, ...]]:
-        await point()
+        await self._read()
         rows, self.rows = self.rows[:size], self.rows[size:]
         if not rows:
             self.connection.receive()
         return rows
 
     async def close(self) -> None:
-        if self.connection.busy:
-            await point()
+        if self.connection.busy:  # drains the rest of the result
+            self.connection.drains += 1
+            await self._read()
             self.rows = []
             self.connection.receive()
 
@@ -131,6 +138,7 @@ class FakeAsyncConnection:
         self.closed = False
         self.busy = False
         self.dropped = False
+        self.drains = 0
         self.statements: list[str] = []
         self.pings = 0
 

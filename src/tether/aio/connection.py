@@ -276,8 +276,17 @@ class AsyncConnection:
         replay. After the connection went back, the driver's own call."""
         lease = self._lease
         entry = cursor._entry
-        if lease is None or entry.holder is not lease or entry.in_flight or entry.raw is None:
+        if lease is None or entry.holder is not lease or entry.raw is None:
             return await getattr(cursor._cur, method)(*args)
+        if entry.broken:
+            # Lost, or a call on it was cut short (it is out of step with the server): what
+            # is left of the result can't be read, as with the threaded proxy. Closing the
+            # cursor reads nothing: the connection is closed when it goes back.
+            if method == "close":
+                return None
+            raise self._pool.driver.OperationalError(
+                2013, "Lost connection to server: the result can no longer be read"
+            )
         entry.in_flight = time.monotonic()
         try:
             result = await getattr(cursor._cur, method)(*args)
