@@ -149,6 +149,10 @@ class FakeAsyncConnection:
             raise FakeProgrammingError(2014, "Commands out of sync; you can't run this command now")
         if self.server_end.fileno() == -1 or self.dropped:
             raise FakeOperationalError(2013, "Lost connection to server during query")
+        if what in self.driver.lose_at:  # scripted: the connection dies on this request
+            self.driver.lose_at.remove(what)
+            self.server_end.close()
+            raise FakeOperationalError(2013, "Lost connection to server during query")
         self.busy = True
         self.statements.append(what)
 
@@ -224,6 +228,7 @@ class FakeAsyncDriver(AsyncDriver):
         self.open_now = 0
         self.ping_ok = True
         self.killed: list[int] = []
+        self.lose_at: list[str] = []  # requests whose next send loses the connection
 
     def connect_arg_names(self) -> frozenset[str]:
         return frozenset({"charset", "sql_mode", "init_command"})
