@@ -251,35 +251,6 @@ def test_prometheus_exports_an_async_pool() -> None:
     asyncio.run(main())
 
 
-def test_a_replay_gets_a_pinged_connection_not_an_idle_one_on_trust() -> None:
-    """What lost a read its connection (a restart, a blip) may have cost the idle ones
-    theirs: the replay's connection is pinged first (as the threaded pool's), so the one
-    replay a read gets runs on a live session, not on the next dead one."""
-
-    async def main() -> None:
-        fake = FakeAsyncDriver()
-        p = pool(fake, ping_after=30)
-        first, second = await p.connection(), await p.connection()
-        for conn in (first, second):
-            await conn.cursor().execute("SELECT 1")
-            await conn.close()
-        await asyncio.sleep(0.01)  # idle past the trusted moment, well under ping_after
-        for raw in fake.connections:
-            raw.drop()  # a restart took every session; no socket says so yet
-        async with p.connection() as conn:
-            cur = conn.cursor()
-            await cur.execute("SELECT 1")
-            assert await cur.fetchone() == (1,)
-        counters = p.stats().counters
-        assert counters.replays == 1 and counters.ping_failures == 1
-        # the first was handed out on a look at its socket; the other was pinged, and failed
-        assert counters.opened == 3
-        assert sorted(raw.pings for raw in fake.connections[:2]) == [0, 1]
-        await p.close()
-
-    asyncio.run(main())
-
-
 @pytest.mark.parametrize("how", ["lost", "cancelled"])
 def test_a_streamed_result_on_a_lost_connection_reads_nothing_more(how: str) -> None:
     """A streaming cursor whose connection was lost (or whose fetch was cut short, leaving it

@@ -296,11 +296,12 @@ class AsyncPool:
 
     async def _acquire(self, lease: Lease, deadline: float, *, verify: bool = False) -> Entry:
         """Grant ``lease`` a healthy connection by ``deadline``; the caller abandons the
-        lease if this raises (or is cancelled). ``verify``: an idle connection is pinged even
-        if it would be trusted or polled (see :meth:`renew`)."""
+        lease if this raises (or is cancelled). ``verify`` (a replay): a new connection is
+        opened where the bound allows, else an idle one is pinged even if it would be trusted
+        or polled (see :meth:`renew`)."""
         state = self._state
         while True:
-            step: Step | None = state.checkout(lease, None, time.monotonic())
+            step: Step | None = state.checkout(lease, None, time.monotonic(), fresh=verify)
             if step is Step.WAIT:
                 _prepare_to_wait(lease)
                 self._take_back_collected()  # may free a slot for this very wait
@@ -472,10 +473,12 @@ class AsyncPool:
 
     async def renew(self, lease: Lease) -> Entry:
         """Replace ``lease``'s lost connection with a healthy one, within the pool's
-        timeout (the slot is given up and taken again, in turn with any waiters). An idle
-        one is pinged first, as the threaded pool does: whatever just cost the caller its
-        connection (a restart, a network blip) may have cost the idle ones theirs, and their
-        sockets may not say so yet; the one replay a read gets must not be spent on one."""
+        timeout (the slot is given up and taken again, in turn with any waiters), as the
+        threaded pool does: a new connection where the bound allows, else an idle one pinged
+        first. Whatever just cost the caller its connection (a KILL of every session, a
+        restart, a network blip) may have cost the idle ones theirs, or be about to, and
+        their sockets may not say so yet; the one replay a read gets must not be spent on
+        one of them."""
         old = lease.entry
         if old is not None:
             self._retire(old, lease, "connection lost")
