@@ -224,14 +224,23 @@ class AsyncConnection:
     async def _call(
         self, entry: Entry, cursor: AsyncCursor | None, method: str, args: tuple[Any, ...]
     ) -> Any:
-        if cursor is None:
-            if method == "ping":
-                await self._pool.driver.ping(entry.raw, self._pool.config.ping_timeout)
-                return None
-            return await getattr(entry.raw, method)(*args)
-        if cursor._entry is not entry:
-            cursor._rebind(entry)
-        return await getattr(cursor._cur, method)(*args)
+        try:
+            if cursor is None:
+                if method == "ping":
+                    await self._pool.driver.ping(entry.raw, self._pool.config.ping_timeout)
+                    return None
+                return await getattr(entry.raw, method)(*args)
+            if cursor._entry is not entry:
+                cursor._rebind(entry)
+            return await getattr(cursor._cur, method)(*args)
+        except RuntimeError as exc:
+            # uvloop refusing a write on a transport the peer closed (a reset while the
+            # connection was held or given back a moment ago): a lost connection, judged
+            # as one, not an interruption of unknown meaning.
+            lost = self._pool.driver.closed_transport(entry.raw, exc)
+            if lost is None:
+                raise
+            raise lost from exc
 
     async def _run(
         self,

@@ -144,6 +144,18 @@ class AsyncDriver(DriverBase):
         bytes: it is dead (no round trip; what the event loop has already read)."""
         raise NotImplementedError
 
+    def closed_transport(self, raw: Any, exc: BaseException) -> BaseException | None:
+        """What ``exc``, raised by a call on ``raw``, means if it is uvloop refusing a write
+        on a closed transport (``RuntimeError``: "the handler is closed"; aiomysql passes it
+        on, asyncmy turns it into its own 2006): the driver's 2006, the request never left.
+        ``None`` for anything else."""
+        if not isinstance(exc, RuntimeError):
+            return None
+        transport = self.transport(raw) if raw is not None else None
+        if transport is not None and not transport.is_closing():
+            return None
+        return self.OperationalError(2006, f"MySQL server has gone away ({exc})")
+
     # -- round trips
 
     async def ping(self, raw: Any, timeout: float) -> None:
@@ -152,6 +164,11 @@ class AsyncDriver(DriverBase):
         try:
             async with asyncio.timeout(timeout):
                 await raw.ping(False)
+        except RuntimeError as exc:
+            lost = self.closed_transport(raw, exc)
+            if lost is None:
+                raise
+            raise lost from exc
         except TimeoutError:
             self.close(raw)
             raise self.OperationalError(
