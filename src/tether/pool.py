@@ -254,9 +254,10 @@ class Pool:
 
     def _acquire(self, lease: Lease, deadline: float, *, verify: bool = False) -> Entry:
         """Grant ``lease`` a healthy connection by ``deadline``; the caller abandons the
-        lease if this raises. ``verify``: an idle connection is pinged even if it would be
-        trusted or polled (whatever just cost the caller its connection, a restart or a
-        network blip, may have cost the others theirs)."""
+        lease if this raises. ``verify`` (a replay): a new connection is opened where the
+        bound allows, else an idle one is pinged even if it would be trusted or polled
+        (whatever just cost the caller its connection, a restart or a network blip, may have
+        cost the others theirs)."""
         if os.getpid() != self._pid:
             lifecycle.after_fork_without_hooks(self)
         started = time.monotonic()  # for a timeout's message: the whole check-out's wait
@@ -266,7 +267,7 @@ class Pool:
             step: Step | None
             with self._lock:
                 step = self._state.checkout(
-                    lease, getattr(self._local, "last", None), time.monotonic()
+                    lease, getattr(self._local, "last", None), time.monotonic(), fresh=verify
                 )
                 if step is Step.WAIT:
                     _prepare_to_wait(lease)
@@ -444,8 +445,9 @@ class Pool:
 
     def renew(self, lease: Lease) -> Entry:
         """Replace ``lease``'s lost connection with a healthy one, within the pool's
-        timeout (the slot is given up and taken again, in turn with any waiters); an idle
-        one is pinged first."""
+        timeout (the slot is given up and taken again, in turn with any waiters): a new
+        connection where the bound allows (one opened after whatever lost the last one is
+        safe from it), else an idle one pinged first."""
         old = lease.entry
         if old is not None:
             self._custody.retire(old, lease, "connection lost")

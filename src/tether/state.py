@@ -76,12 +76,25 @@ class PoolState:
 
     # ------------------------------------------------------------------ check-out
 
-    def checkout(self, lease: Lease, last: Entry | None, now: float) -> Step:
+    def checkout(
+        self, lease: Lease, last: Entry | None, now: float, *, fresh: bool = False
+    ) -> Step:
         """A check-out for ``lease``, by a thread whose last connection was ``last``: that one
         if it is idle and still the thread's (warm, same session), else what the selection
-        picks, else a slot to open one in, else a place in the queue."""
+        picks, else a slot to open one in, else a place in the queue. ``fresh`` (a replay
+        after a lost connection): a slot to open one in first, where the bound and backoff
+        allow; whatever lost the last connection (a KILL of every session, a restart, every
+        connection cut) may be taking the idle ones one after another, and only a
+        connection opened after it is safe from it."""
         if self.closed:
             return Step.CLOSED
+        if (
+            fresh
+            and len(self.entries) + len(self.opening) < self.max_size
+            and now >= self.blocked_until
+        ):
+            self.opening[lease] = None
+            return Step.OPEN
         if last is not None and last.owner == lease.ident and last in self.idle:
             self._grant(last, lease, now)
             return Step.TAKE

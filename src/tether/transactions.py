@@ -13,10 +13,10 @@ from typing import Protocol, TypeVar
 
 from .classify import ErrorKind, classify
 from .connection import PooledConnection
-from .errors import TransactionLost
-from .lender import Lender
+from .errors import Error, TransactionLost, driver_error
+from .lender import Judge, Lender
 
-__all__ = ["run_transaction", "transaction"]
+__all__ = ["lost_at_begin", "run_transaction", "transaction"]
 
 logger = logging.getLogger("tether")
 
@@ -32,7 +32,13 @@ def transaction(pool: _Source, timeout: float | None = None) -> Iterator[PooledC
     """A connection inside a transaction: committed when the block ends, rolled back when
     it raises."""
     with pool.connection(timeout) as conn:
-        conn.begin()
+        try:
+            conn.begin()
+        except pool.driver.Error as exc:
+            lost = lost_at_begin(pool, exc)
+            if lost is None:
+                raise
+            raise lost from exc
         try:
             yield conn
         except BaseException:
@@ -40,6 +46,26 @@ def transaction(pool: _Source, timeout: float | None = None) -> Iterator[PooledC
                 conn.rollback()
             raise
         conn.commit()
+
+
+def lost_at_begin(pool: Judge, exc: BaseException) -> BaseException | None:
+    """What ``BEGIN`` failing with ``exc`` means for a transaction: if the connection was
+    lost (on the first try and on the replay a ``BEGIN`` gets: a fault that takes sessions
+    one after another, a KILL of each or a restart), the transaction never started and
+    nothing of it ran, so it is lost (:class:`tether.TransactionLost`, which
+    :func:`run_transaction` reruns), not a bare error of unknown meaning; ``None``: ``exc``
+    stands as it is."""
+    if isinstance(exc, Error):
+        return None  # tether's own (a connection taken back, the pool closed)
+    driver = pool.driver
+    if classify(exc, driver, pool.config.error_kinds) is not ErrorKind.DISCONNECT:
+        return None
+    return driver_error(
+        TransactionLost,
+        driver.OperationalError,
+        driver.error_code(exc) or 2013,
+        f"connection lost at BEGIN: the transaction never started, nothing of it ran ({exc})",
+    )
 
 
 def run_transaction(

@@ -145,6 +145,28 @@ def test_uvloop(db: MariaDBServer, adriver: str) -> None:
     run(main(), uvloop=True)
 
 
+def test_a_transport_closed_under_its_holder_on_uvloop_is_a_lost_connection(
+    db: MariaDBServer, adriver: str
+) -> None:
+    """Under uvloop a write on a closed transport raises ``RuntimeError`` (aiomysql passes it
+    on). A connection whose transport the peer closed while it was held (a reset between two
+    statements) is a lost one: the next read is replayed on a fresh connection, not failed
+    with the loop's error."""
+
+    async def main() -> None:
+        async with tether.AsyncPool(db.dsn(), driver=adriver, watchdog=None) as pool:
+            async with pool.connection() as conn:
+                assert await one(conn, "SELECT 1") == 1
+                lease = conn._lease
+                assert lease is not None and lease.entry is not None
+                pool.driver.transport(lease.entry.raw).abort()  # as a peer's reset does
+                await asyncio.sleep(0.01)
+                assert await one(conn, "SELECT 2") == 2
+            assert pool.stats().counters.replays == 1
+
+    run(main(), uvloop=True)
+
+
 def test_idle_past_wait_timeout_and_kill_are_never_seen(db: MariaDBServer, adriver: str) -> None:
     db.set_global("wait_timeout", 2)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -32,11 +33,12 @@ ASYNC_DRIVERS = ("asyncmy", "aiomysql")
 
 
 @contextlib.contextmanager
-def uvicorn(dsn: str, driver: str) -> Iterator[str]:
-    """``uvicorn examples.fastapi_city.app:app`` on a free loopback port; stopped at the end."""
+def uvicorn(dsn: str, driver: str, log_path: Path) -> Iterator[str]:
+    """``uvicorn examples.fastapi_city.app:app`` on a free loopback port, its output (the
+    tracebacks of failed requests among it) to ``log_path``; stopped at the end."""
     port = free_port()
     env = {**os.environ, "DATABASE_URL": dsn, "TETHER_DRIVER": driver}
-    log = open(os.devnull, "w")  # noqa: SIM115 - closed below
+    log = open(log_path, "w")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "examples.fastapi_city.app:app", "--port", str(port)],
         cwd=ROOT,
@@ -65,6 +67,34 @@ def uvicorn(dsn: str, driver: str) -> Iterator[str]:
             proc.kill()
             proc.wait(5)
         log.close()
+
+
+_TRACEBACK = re.compile(r"^Traceback \(most recent call last\):\n(?:[ \t].*\n|\n)*(.+)$", re.M)
+_CHAINED = (
+    "The above exception was the direct cause of the following exception:",
+    "During handling of the above exception, another exception occurred:",
+)
+
+
+def server_errors(log_path: Path, limit: int = 2) -> str:
+    """The exceptions behind the server's 500s: each distinct one (the last of its chain)
+    with a count, then the full (chained) traceback of the first ``limit`` distinct ones."""
+    text = log_path.read_text(errors="replace") if log_path.exists() else ""
+    chains: list[tuple[int, int, str]] = []  # start, end, the exception that ended it
+    for match in _TRACEBACK.finditer(text):
+        if chains and text[chains[-1][1] : match.start()].strip() in _CHAINED:
+            chains[-1] = (chains[-1][0], match.end(), match.group(1))
+        else:
+            chains.append((match.start(), match.end(), match.group(1)))
+    if not chains:
+        return "no traceback in the server log; its tail:\n" + text[-2000:]
+    counts: dict[str, int] = {}
+    first: dict[str, str] = {}
+    for start, end, last in chains:
+        counts[last] = counts.get(last, 0) + 1
+        first.setdefault(last, text[start:end])
+    summary = [f"{n} x {last}" for last, n in counts.items()]
+    return "\n".join(["server exceptions:", *summary, "", *list(first.values())[:limit]])
 
 
 def load(url: str, seconds: float, clients: int) -> dict[str, Any]:
@@ -108,6 +138,7 @@ def test_fastapi_app_under_faults_fails_no_request_a_retry_could_save(
     mariadb_factory: Callable[..., MariaDBServer],
     fault_proxy: Callable[[MariaDBServer], FaultProxy],
     adriver: str,
+    tmp_path: Path,
 ) -> None:
     pytest.importorskip(adriver)
     server = mariadb_factory(options={"wait_timeout": 3})
@@ -122,7 +153,8 @@ def test_fastapi_app_under_faults_fails_no_request_a_retry_could_save(
         time.sleep(1.0)
         server.restart(down=1.5)  # the server away for a moment
 
-    with uvicorn(server.dsn(host=proxy.host, port=proxy.port), adriver) as url:
+    log_path = tmp_path / "uvicorn.log"
+    with uvicorn(server.dsn(host=proxy.host, port=proxy.port), adriver, log_path) as url:
         injector = threading.Thread(target=faults)
         injector.start()
         busy = load(url, 7.0, 6)
@@ -131,7 +163,9 @@ def test_fastapi_app_under_faults_fails_no_request_a_retry_could_save(
         calm = load(url, 1.0, 2)
         stats = httpx.get(f"{url}/stats", timeout=10).json()
     for result in (busy, calm):
-        assert result["read_errors"] == [], result["read_errors"][:3]
-        assert all("outcome unknown" in e for e in result["write_errors"]), result["write_errors"]
+        failed = result["read_errors"][:3], result["write_errors"][:3]
+        errors = f"{failed}\n{server_errors(log_path)}"
+        assert result["read_errors"] == [], errors
+        assert all("outcome unknown" in e for e in result["write_errors"]), errors
     assert busy["reads"] > 50 and calm["reads"] > 10 and busy["writes"] > 10
     assert stats["counters"]["connect_errors"] >= 1  # it did see the restart

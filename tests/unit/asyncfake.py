@@ -84,7 +84,7 @@ class FakeAsyncCursor:
 
 
 class FakeSSCursor(FakeAsyncCursor):
-    """A streaming cursor: fetching reads from the server."""
+    """A streaming cursor: fetching reads from the server (and fails once it is gone)."""
 
     async def execute(self, query: str, args: Any = None) -> int:
         conn = self.connection
@@ -93,29 +93,36 @@ class FakeSSCursor(FakeAsyncCursor):
         self.rows = [(1,), (2,)]
         return 1  # the reply is still coming: busy until fetched to the end
 
-    async def fetchone(self) -> tuple[Any, ...] | None:
+    async def _read(self) -> None:
         await point()
+        conn = self.connection
+        if conn.dropped or conn.server_end.fileno() == -1:
+            raise FakeOperationalError(2013, "Lost connection to server during query")
+
+    async def fetchone(self) -> tuple[Any, ...] | None:
+        await self._read()
         if not self.rows:
             self.connection.receive()
             return None
         return self.rows.pop(0)
 
     async def fetchall(self) -> list[tuple[Any, ...]]:
-        await point()
+        await self._read()
         rows, self.rows = self.rows, []
         self.connection.receive()
         return rows
 
     async def fetchmany(self, size: int = 1) -> list[tuple[Any, ...]]:
-        await point()
+        await self._read()
         rows, self.rows = self.rows[:size], self.rows[size:]
         if not rows:
             self.connection.receive()
         return rows
 
     async def close(self) -> None:
-        if self.connection.busy:
-            await point()
+        if self.connection.busy:  # drains the rest of the result
+            self.connection.drains += 1
+            await self._read()
             self.rows = []
             self.connection.receive()
 
@@ -130,6 +137,8 @@ class FakeAsyncConnection:
         self.server_status = STATUS_AUTOCOMMIT if autocommit else 0
         self.closed = False
         self.busy = False
+        self.dropped = False
+        self.drains = 0
         self.statements: list[str] = []
         self.pings = 0
 
@@ -138,7 +147,11 @@ class FakeAsyncConnection:
             raise FakeInterfaceError(0, "")
         if self.busy:
             raise FakeProgrammingError(2014, "Commands out of sync; you can't run this command now")
-        if self.server_end.fileno() == -1:
+        if self.server_end.fileno() == -1 or self.dropped:
+            raise FakeOperationalError(2013, "Lost connection to server during query")
+        if what in self.driver.lose_at:  # scripted: the connection dies on this request
+            self.driver.lose_at.remove(what)
+            self.server_end.close()
             raise FakeOperationalError(2013, "Lost connection to server during query")
         self.busy = True
         self.statements.append(what)
@@ -182,6 +195,11 @@ class FakeAsyncConnection:
         """The server side goes away: the pool's look at the socket sees it readable."""
         self.server_end.close()
 
+    def drop(self) -> None:
+        """The session is gone without a word on the socket yet (a server restart whose resets
+        a proxy or the network has not passed on): only a round trip finds out."""
+        self.dropped = True
+
     def close(self) -> None:
         if self.closed:
             return
@@ -210,6 +228,7 @@ class FakeAsyncDriver(AsyncDriver):
         self.open_now = 0
         self.ping_ok = True
         self.killed: list[int] = []
+        self.lose_at: list[str] = []  # requests whose next send loses the connection
 
     def connect_arg_names(self) -> frozenset[str]:
         return frozenset({"charset", "sql_mode", "init_command"})

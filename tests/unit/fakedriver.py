@@ -110,6 +110,10 @@ class FakeConnection:
             raise FakeProgrammingError(2014, "Commands out of sync; you can't run this command now")
         if self.server_end.fileno() == -1:
             raise FakeOperationalError(2013, "Lost connection to server during query")
+        if what in self.driver.lose_at:  # scripted: the connection dies on this request
+            self.driver.lose_at.remove(what)
+            self.server_end.close()
+            raise FakeOperationalError(2013, "Lost connection to server during query")
         self.busy = True
         self.statements.append(what)
 
@@ -172,6 +176,7 @@ class FakeDriver(Driver):
         self.max_open = 0
         self.connects = 0
         self.ping_ok = True
+        self.lose_at: list[str] = []  # requests whose next send loses the connection
 
     def connect_arg_names(self) -> frozenset[str]:
         return frozenset({"charset", "sql_mode", "init_command", "read_timeout", "write_timeout"})

@@ -249,3 +249,39 @@ def test_prometheus_exports_an_async_pool() -> None:
         await p.close()
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("how", ["lost", "cancelled"])
+def test_a_streamed_result_on_a_lost_connection_reads_nothing_more(how: str) -> None:
+    """A streaming cursor whose connection was lost (or whose fetch was cut short, leaving it
+    out of step with the server) reads nothing more: a fetch says the result is gone, closing
+    drains nothing (no read that could hang or mask the first error); the connection is
+    closed when it goes back, as with the threaded proxy."""
+
+    async def main() -> None:
+        fake = FakeAsyncDriver()
+        p = pool(fake)
+        sscursor = fake.module.cursors.SSCursor
+        async with p.connection() as conn:
+            cur = conn.cursor(sscursor)
+            await cur.execute("SELECT n FROM big")
+            assert await cur.fetchone() == (1,)
+            (raw,) = fake.connections
+            if how == "lost":
+                raw.drop()
+                with pytest.raises(fake.OperationalError):
+                    await cur.fetchone()
+            else:
+                task = asyncio.ensure_future(cur.fetchone())
+                await asyncio.sleep(0)  # waiting for the rows
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            with pytest.raises(fake.OperationalError, match="can no longer be read"):
+                await cur.fetchone()
+            await cur.close()  # nothing read, nothing raised
+            assert raw.drains == 0
+        assert raw.closed and p.stats().size == 0
+        await p.close()
+
+    asyncio.run(main())

@@ -224,14 +224,23 @@ class AsyncConnection:
     async def _call(
         self, entry: Entry, cursor: AsyncCursor | None, method: str, args: tuple[Any, ...]
     ) -> Any:
-        if cursor is None:
-            if method == "ping":
-                await self._pool.driver.ping(entry.raw, self._pool.config.ping_timeout)
-                return None
-            return await getattr(entry.raw, method)(*args)
-        if cursor._entry is not entry:
-            cursor._rebind(entry)
-        return await getattr(cursor._cur, method)(*args)
+        try:
+            if cursor is None:
+                if method == "ping":
+                    await self._pool.driver.ping(entry.raw, self._pool.config.ping_timeout)
+                    return None
+                return await getattr(entry.raw, method)(*args)
+            if cursor._entry is not entry:
+                cursor._rebind(entry)
+            return await getattr(cursor._cur, method)(*args)
+        except RuntimeError as exc:
+            # uvloop refusing a write on a transport the peer closed (a reset while the
+            # connection was held or given back a moment ago): a lost connection, judged
+            # as one, not an interruption of unknown meaning.
+            lost = self._pool.driver.closed_transport(entry.raw, exc)
+            if lost is None:
+                raise
+            raise lost from exc
 
     async def _run(
         self,
@@ -276,8 +285,17 @@ class AsyncConnection:
         replay. After the connection went back, the driver's own call."""
         lease = self._lease
         entry = cursor._entry
-        if lease is None or entry.holder is not lease or entry.in_flight or entry.raw is None:
+        if lease is None or entry.holder is not lease or entry.raw is None:
             return await getattr(cursor._cur, method)(*args)
+        if entry.broken:
+            # Lost, or a call on it was cut short (it is out of step with the server): what
+            # is left of the result can't be read, as with the threaded proxy. Closing the
+            # cursor reads nothing: the connection is closed when it goes back.
+            if method == "close":
+                return None
+            raise self._pool.driver.OperationalError(
+                2013, "Lost connection to server: the result can no longer be read"
+            )
         entry.in_flight = time.monotonic()
         try:
             result = await getattr(cursor._cur, method)(*args)

@@ -39,6 +39,11 @@ __all__ = ["AsyncDriver", "get_async_driver", "resolve_async_driver"]
 # A COM_QUIT packet: length 1, sequence 0, command 0x01.
 _QUIT = struct.pack("<i", 1) + bytes([0x01])
 
+# What both drivers' socket set-up (keepalive, no-delay) raises when it finds the transport
+# already closed: under uvloop, a peer that reset the connection right after accepting it (a
+# proxy whose server is down, a server going away mid-restart).
+_TRANSPORT_GONE = "Transport does not expose socket instance"
+
 # Connections dropped in a forked child: kept referenced so that their transports are never
 # collected (a collected transport closes its socket through the parent's event loop).
 _inherited: list[Any] = []
@@ -81,6 +86,13 @@ class AsyncDriver(DriverBase):
         except OSError as exc:
             self.close(raw)
             raise self.OperationalError(2003, f"Can't connect to server ({exc})") from exc
+        except RuntimeError as exc:
+            self.close(raw)
+            if str(exc) != _TRANSPORT_GONE:
+                raise
+            raise self.OperationalError(
+                2013, "Lost connection to server at handshake (reset by the peer)"
+            ) from exc
         except BaseException:
             self.close(raw)
             raise
@@ -132,6 +144,18 @@ class AsyncDriver(DriverBase):
         bytes: it is dead (no round trip; what the event loop has already read)."""
         raise NotImplementedError
 
+    def closed_transport(self, raw: Any, exc: BaseException) -> BaseException | None:
+        """What ``exc``, raised by a call on ``raw``, means if it is uvloop refusing a write
+        on a closed transport (``RuntimeError``: "the handler is closed"; aiomysql passes it
+        on, asyncmy turns it into its own 2006): the driver's 2006, the request never left.
+        ``None`` for anything else."""
+        if not isinstance(exc, RuntimeError):
+            return None
+        transport = self.transport(raw) if raw is not None else None
+        if transport is not None and not transport.is_closing():
+            return None
+        return self.OperationalError(2006, f"MySQL server has gone away ({exc})")
+
     # -- round trips
 
     async def ping(self, raw: Any, timeout: float) -> None:
@@ -140,6 +164,11 @@ class AsyncDriver(DriverBase):
         try:
             async with asyncio.timeout(timeout):
                 await raw.ping(False)
+        except RuntimeError as exc:
+            lost = self.closed_transport(raw, exc)
+            if lost is None:
+                raise
+            raise lost from exc
         except TimeoutError:
             self.close(raw)
             raise self.OperationalError(

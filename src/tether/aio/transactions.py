@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from ..classify import ErrorKind, classify
 from ..errors import TransactionLost
+from ..transactions import lost_at_begin
 from .connection import AsyncConnection
 
 if TYPE_CHECKING:
@@ -33,7 +34,13 @@ async def transaction(
     it raises. Cancelled, it is not rolled back here (a round trip a second cancellation
     could cut short): the give-back rolls back, or closes the connection."""
     async with pool.connection(timeout) as conn:
-        await conn.begin()
+        try:
+            await conn.begin()
+        except pool.driver.Error as exc:
+            lost = lost_at_begin(pool, exc)
+            if lost is None:
+                raise
+            raise lost from exc
         try:
             yield conn
         except Exception:
