@@ -135,15 +135,12 @@ class SessionConnection:
             # already has, once per new pool record: a no-op that would mark the session as
             # changed (a reset at every give-back). It is skipped.
             conn = self._live()
-            if match is not None and match.group(1).lower() == str(
-                conn.character_set_name()
-            ).lower():
+            if (
+                match is not None
+                and match.group(1).lower() == str(conn.character_set_name()).lower()
+            ):
                 return False
-        elif (
-            not self._began
-            and not self._autocommit
-            and (kind == _WRITE or not self._lazy)
-        ):
+        elif not self._began and not self._autocommit and (kind == _WRITE or not self._lazy):
             self._live().begin()
             self._began = True
         return True
@@ -235,4 +232,3 @@ class SessionCursor:
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self._cur, name, value)
-
