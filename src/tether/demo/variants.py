@@ -1,6 +1,7 @@
 """The ways of getting a connection that the demo compares, each written the way its users
 write it: connect per request, a connection kept per thread, DBUtils ``PersistentDB``,
-SQLAlchemy with ``pool_pre_ping``, SQLAlchemy's ORM on tether, and tether; and the asyncio ones (:mod:`.async_variants`).
+SQLAlchemy with ``pool_pre_ping``, SQLAlchemy's ORM on tether, and tether; and the asyncio
+ones (:mod:`.async_variants`).
 
 Every variant answers two requests: :meth:`Variant.read` (a ``SELECT`` by key) and
 :meth:`Variant.write` (``INSERT`` a ledger row, some application work, ``UPDATE`` a counter, in
