@@ -2,9 +2,9 @@
 the engine's connections from a bounded :class:`tether.Pool`.
 
 ``DATABASE_URL`` is a SQLAlchemy URL (``mysql+pymysql://...`` or ``mysql+mysqldb://...``).
-``CITY_ENGINE`` picks the engine: ``tether`` (the default), or SQLAlchemy's own ``QueuePool``
-as ``queuepool`` or ``queuepool_pre_ping`` (for comparison); ``CITY_POOL_OPTIONS`` (JSON)
-adds tether pool options.
+``CITY_ENGINE`` (or ``create_app(engine=...)``) picks the engine: ``tether`` (the default), or
+SQLAlchemy's own ``QueuePool`` as ``queuepool`` or ``queuepool_pre_ping`` (for comparison);
+``CITY_POOL_OPTIONS`` (JSON) adds tether pool options.
 
     gunicorn -k gthread --threads 16 -w 1 'examples.flask_sqlalchemy_city.app:create_app()'
 """
@@ -50,9 +50,9 @@ def engine_options(kind: str, pool_options: dict[str, Any]) -> dict[str, Any]:
     raise ValueError(f"CITY_ENGINE={kind!r}: tether, queuepool or queuepool_pre_ping")
 
 
-def create_app(config: dict[str, Any] | None = None) -> Flask:
+def create_app(config: dict[str, Any] | None = None, engine: str | None = None) -> Flask:
     app = Flask(__name__)
-    kind = os.environ.get("CITY_ENGINE", "tether")
+    kind = engine or os.environ.get("CITY_ENGINE", "tether")
     pool_options = json.loads(os.environ.get("CITY_POOL_OPTIONS", "{}"))
     app.config["SQLALCHEMY_DATABASE_URI"] = os.environ.get("DATABASE_URL")
     app.config["SQLALCHEMY_ENGINE_OPTIONS"] = engine_options(kind, pool_options)
