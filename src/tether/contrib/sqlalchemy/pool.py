@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections import deque
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -64,16 +65,20 @@ class TetherPool(Pool):
         max_overflow: int | None = None,
         timeout: float | None = None,
         use_lifo: bool | None = None,
+        _recreated: bool = False,
         **kw: Any,
     ) -> None:
         if tether_pool is None:
             raise exc.ArgumentError("TetherPool needs tether_pool= (a tether.Pool)")
+        self._made: TetherPoolBase | None = None
+        self._making = threading.Lock()
         if isinstance(tether_pool, TetherPoolBase):
             self._factory: Callable[[], TetherPoolBase] | None = None
-            self._tether = tether_pool
+            self._made = tether_pool
         elif callable(tether_pool):
             self._factory = tether_pool
-            self._tether = tether_pool()
+            if not _recreated:
+                self._made = tether_pool()  # at once: its options are checked here
         else:
             raise exc.ArgumentError(
                 f"tether_pool must be a tether.Pool or a function making one, not {tether_pool!r}"
@@ -99,6 +104,18 @@ class TetherPool(Pool):
         self._disposed = False
         self._creator_arg = creator
         super().__init__(self._new_session, recycle=-1, pre_ping=False, **kw)
+
+    @property
+    def _tether(self) -> TetherPoolBase:
+        made = self._made
+        if made is None:
+            # After engine.dispose(): the new pool is made when the engine is used again.
+            assert self._factory is not None
+            with self._making:
+                made = self._made
+                if made is None:
+                    made = self._made = self._factory()
+        return made
 
     @property
     def tether_pool(self) -> TetherPoolBase:
@@ -153,8 +170,8 @@ class TetherPool(Pool):
     def dispose(self) -> None:
         self._disposed = True
         self._records.clear()
-        if self._factory is not None:
-            self._tether.close()
+        if self._factory is not None and self._made is not None:
+            self._made.close()
         self.logger.info("Pool disposed. %s", self.status())
 
     def recreate(self) -> TetherPool:
@@ -163,6 +180,7 @@ class TetherPool(Pool):
             self._creator_arg,
             tether_pool=self._factory or self._tether,
             lazy_begin=self._lazy_begin,
+            _recreated=True,
             echo=self.echo,
             logging_name=self._orig_logging_name,
             reset_on_return=self._reset_on_return,
@@ -171,7 +189,7 @@ class TetherPool(Pool):
         )
 
     def status(self) -> str:
-        return f"TetherPool {self._tether!r}"
+        return f"TetherPool {self._made!r}" if self._made is not None else "TetherPool (unused)"
 
 
 def _on_error(context: ExceptionContext) -> None:
