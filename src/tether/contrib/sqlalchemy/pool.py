@@ -22,6 +22,7 @@ from sqlalchemy.engine import CreateEnginePlugin, Engine, ExceptionContext
 from sqlalchemy.engine.url import URL
 from sqlalchemy.pool import ConnectionPoolEntry, Pool, PoolProxiedConnection
 
+from ...aio import AsyncPool
 from ...errors import OutcomeUnknown, TransactionLost
 from ...pool import Pool as TetherPoolBase
 from .dbapi import SessionConnection
@@ -72,9 +73,9 @@ class TetherPool(Pool):
             raise exc.ArgumentError("TetherPool needs tether_pool= (a tether.Pool)")
         self._made: TetherPoolBase | None = None
         self._making = threading.Lock()
-        if isinstance(tether_pool, TetherPoolBase):
+        if isinstance(tether_pool, TetherPoolBase | AsyncPool):
             self._factory: Callable[[], TetherPoolBase] | None = None
-            self._made = tether_pool
+            self._made = tether_pool  
         elif callable(tether_pool):
             self._factory = tether_pool
             if not _recreated:
@@ -137,8 +138,8 @@ class TetherPool(Pool):
             record = self._records.pop()
         except IndexError:
             return self._create_connection()  # its creator checks out
-        session = record.dbapi_connection
-        if isinstance(session, SessionConnection):
+        session: Any = record.dbapi_connection  # a session of ours (or None)
+        if session is not None:
             try:
                 session.check_out()
             except BaseException:
@@ -148,9 +149,9 @@ class TetherPool(Pool):
         return record
 
     def _do_return_conn(self, record: ConnectionPoolEntry) -> None:
-        session = record.dbapi_connection
+        session: Any = record.dbapi_connection
         try:
-            if isinstance(session, SessionConnection):
+            if session is not None:
                 session.give_back()
         finally:
             if not self._disposed:
@@ -239,9 +240,15 @@ class TetherPlugin(CreateEnginePlugin):
         super().__init__(url, kwargs)
         pool = kwargs.pop("tether_pool", None)
         options = dict(kwargs.pop("tether_options", None) or {})
-        pool_class = kwargs.pop("tether_pool_class", None) or TetherPoolBase
+        pool_class = kwargs.pop("tether_pool_class", None)
         lazy_begin = kwargs.pop("tether_lazy_begin", True)
         poolclass = kwargs.get("poolclass")
+        ours: type[TetherPool] = TetherPool
+        if url.get_driver_name() in ("asyncmy", "aiomysql"):
+            from .aio import AsyncTetherPool
+
+            ours, pool_class = AsyncTetherPool, pool_class or AsyncPool
+        pool_class = pool_class or TetherPoolBase
         if poolclass is not None and not (
             isinstance(poolclass, type) and issubclass(poolclass, TetherPool)
         ):
@@ -255,7 +262,7 @@ class TetherPlugin(CreateEnginePlugin):
                 "tether_options are for a pool the engine makes; a tether_pool handed in"
                 " keeps its own options"
             )
-        kwargs["poolclass"] = poolclass or TetherPool
+        kwargs["poolclass"] = poolclass or ours
         kwargs["tether_pool"] = pool
         kwargs["lazy_begin"] = lazy_begin
 
