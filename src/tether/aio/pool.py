@@ -294,9 +294,10 @@ class AsyncPool:
 
     # ------------------------------------------------------------------ check-out
 
-    async def _acquire(self, lease: Lease, deadline: float) -> Entry:
+    async def _acquire(self, lease: Lease, deadline: float, *, verify: bool = False) -> Entry:
         """Grant ``lease`` a healthy connection by ``deadline``; the caller abandons the
-        lease if this raises (or is cancelled)."""
+        lease if this raises (or is cancelled). ``verify``: an idle connection is pinged even
+        if it would be trusted or polled (as the threaded pool's)."""
         state = self._state
         while True:
             step: Step | None = state.checkout(lease, None, time.monotonic())
@@ -307,7 +308,7 @@ class AsyncPool:
             if step is Step.TAKE:
                 entry = lease.entry
                 assert entry is not None
-                if await self._usable(lease, entry, deadline):
+                if await self._usable(lease, entry, deadline, verify):
                     break
             elif step is Step.OPEN:
                 opened = await self._open(lease, deadline)
@@ -319,12 +320,16 @@ class AsyncPool:
         entry.owner = lease.ident
         return entry
 
-    async def _usable(self, lease: Lease, entry: Entry, deadline: float) -> bool:
+    async def _usable(
+        self, lease: Lease, entry: Entry, deadline: float, verify: bool = False
+    ) -> bool:
         """The health check of a connection about to be handed out (as the threaded pool's:
         nothing, a transport check, a ping or a reset). A dead one is retired, ``False``."""
         now = time.monotonic()
         idle_limit = self._connector.lifetimes.idle_limit
         check = self._rules.check(entry, now, lease.ident, self._pid, idle_limit)
+        if verify and (check is Check.TRUST or check is Check.POLL):
+            check = Check.PING
         if check is Check.TRUST:
             return True
         if not isinstance(check, Check):
@@ -468,12 +473,14 @@ class AsyncPool:
 
     async def renew(self, lease: Lease) -> Entry:
         """Replace ``lease``'s lost connection with a healthy one, within the pool's
-        timeout (the slot is given up and taken again, in turn with any waiters)."""
+        timeout (the slot is given up and taken again, in turn with any waiters); an idle
+        one is pinged first: what lost the caller its connection may have cost the others
+        theirs."""
         old = lease.entry
         if old is not None:
             self._retire(old, lease, "connection lost")
         try:
-            return await self._acquire(lease, time.monotonic() + self._config.timeout)
+            return await self._acquire(lease, time.monotonic() + self._config.timeout, verify=True)
         except BaseException:
             self._abandon(lease)
             raise
