@@ -14,6 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
 import tether
 from tether.contrib.sqlalchemy import create_async_engine
@@ -84,9 +85,22 @@ def test_core_orm_and_a_clean_give_back(db: MariaDBServer, adriver: str) -> None
         assert db.connections_of() <= 3
         stats = pool.tether_pool.stats()
         assert stats.in_use == 0 and stats.size <= 3 and stats["checkouts"] >= 53
+        async with engine.connect() as conn:  # stream_results: read whole, then streamed
+            result = await conn.stream(text("SELECT id FROM ledger ORDER BY id"))
+            assert [row[0] async for row in result] == [1, 2, 3]
         tether_pool = pool.tether_pool
         await engine.dispose()
         assert tether_pool.closed
+        # A pool the application owns: used, and left open by dispose().
+        own = tether.AsyncPool(url_of(db.dsn(), adriver), max_size=2)
+        other = sa_create_async_engine(
+            url_of(db.dsn(), adriver), plugins=["tether"], tether_pool=own
+        )
+        async with other.connect() as conn:
+            assert (await conn.execute(text("SELECT COUNT(*) FROM ledger"))).scalar() == 3
+        await other.dispose()
+        assert not own.closed and own.stats()["checkouts"] == 1
+        await own.close()
 
     asyncio.run(main())
 
