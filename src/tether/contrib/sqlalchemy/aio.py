@@ -201,7 +201,7 @@ class AsyncSessionCursor:
 class AsyncTetherPool(TetherPool):
     """:class:`TetherPool` for SQLAlchemy's asyncio engine, on a :class:`tether.AsyncPool`."""
 
-    _is_asyncio = True  
+    _is_asyncio = True
 
     def _new_session(self) -> Any:
         pool: Any = self._tether

@@ -75,7 +75,7 @@ class TetherPool(Pool):
         self._making = threading.Lock()
         if isinstance(tether_pool, TetherPoolBase | AsyncPool):
             self._factory: Callable[[], TetherPoolBase] | None = None
-            self._made = tether_pool  
+            self._made = tether_pool
         elif callable(tether_pool):
             self._factory = tether_pool
             if not _recreated:
