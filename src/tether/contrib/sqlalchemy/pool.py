@@ -255,6 +255,23 @@ class TetherPlugin(CreateEnginePlugin):
             raise exc.ArgumentError(f"the tether plugin brings its own pool, not {poolclass!r}")
         if "pool" in kwargs:
             raise exc.ArgumentError("the tether plugin brings its own pool: drop pool=")
+        # What SQLAlchemy would do when it connects is tether's to do: connections are opened
+        # by tether, and sessions are reset when they go back to it.
+        for name, instead in (("connect_args", "connect_args"), ("creator", "connect_args")):
+            if name in kwargs:
+                raise exc.ArgumentError(
+                    f"{name}= is not used on tether: tether opens the connections; give the"
+                    f" driver's options as tether_options={{'{instead}': {{...}}}} (or, for a"
+                    " pool handed in, to tether.Pool)"
+                )
+        level = kwargs.get("isolation_level")
+        if level is not None and str(level).upper() != "AUTOCOMMIT":
+            raise exc.ArgumentError(
+                f"isolation_level={level!r} for the whole engine: tether resets sessions when"
+                " they come back, so set it for every session with tether's init_commands"
+                " (['SET SESSION TRANSACTION ISOLATION LEVEL ...']), or per connection with"
+                " execution_options(isolation_level=...)"
+            )
         if pool is None:
             pool = functools.partial(_new_pool, pool_class, tether_dsn(url), options)
         elif options:
