@@ -362,3 +362,15 @@ def test_isolation_levels(db: MariaDBServer, engines: Any, driver: str) -> None:
         create_engine(url_of(db.dsn(), driver), isolation_level="SERIALIZABLE")
     with pytest.raises(sa_exc.ArgumentError, match="tether_options"):
         create_engine(url_of(db.dsn(), driver), connect_args={"read_timeout": 5})
+
+
+def test_stream_results(db: MariaDBServer, engines: Any) -> None:
+    engine = engines(db.dsn(), pool_options={"max_size": 1})
+    query = text("SELECT seq FROM seq_1_to_500")
+    with engine.connect() as conn:  # the driver's streaming cursor, through tether's
+        result = conn.execution_options(stream_results=True, max_row_buffer=50).execute(query)
+        assert sum(1 for _ in result) == 500
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    stats = engine.pool.tether_pool.stats()
+    assert stats.in_use == 0 and stats["opened"] == 1  # read to the end: kept
