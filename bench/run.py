@@ -6,7 +6,8 @@
 
 A quick run writes into a temporary directory unless ``--output`` says otherwise, so it never
 replaces the full results in bench/. The micro benchmark is in micro.py; the web benchmark
-(web.py, Flask under gunicorn) runs after it when present.
+(web.py, Flask under gunicorn) runs after it when present, then the Flask-SQLAlchemy one
+(orm_sqla.py).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import aio
 import micro
+import orm_sqla
 from common import (
     DRIVERS,
     HERE,
@@ -257,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
 
             print("Django: the city lookup under gunicorn ...", flush=True)
             django_section = orm_django.section(orm_django.run(server.dsn()), command)
+        orm = None if args.skip_web else run_orm(plan.quick, server)
         elapsed = time.monotonic() - started
         others = meter.others(elapsed)
 
@@ -291,6 +294,8 @@ def main(argv: list[str] | None = None) -> int:
         text = text.rstrip("\n") + "\n\n" + aio.section(asyncio_results, "async.png")
     if django_section is not None:
         text = text.rstrip("\n") + "\n\n" + django_section
+    if orm is not None:
+        text = text.rstrip("\n") + "\n\n" + orm_sqla.section(orm)
     path.write_text(text)
     print(f"wrote {path}, {output / 'ratios.png'}, {output / 'costs.png'} in {elapsed:.0f} s")
     return 0
@@ -377,6 +382,16 @@ def run_web(
     if chart and Path(chart).exists() and Path(chart).parent.resolve() != output.resolve():
         shutil.copy(chart, output / Path(chart).name)
     return result, None
+
+
+def run_orm(quick: bool, server: Any) -> dict[str, Any] | None:
+    """The Flask-SQLAlchemy benchmark (bench/orm_sqla.py); its failure loses nothing else."""
+    print("Flask-SQLAlchemy: tether's engine beside QueuePool ...", flush=True)
+    try:
+        return orm_sqla.run(quick=quick, server=server)
+    except Exception:
+        traceback.print_exc()
+        return None
 
 
 # ----------------------------------------------------------------------------- report

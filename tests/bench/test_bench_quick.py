@@ -145,5 +145,13 @@ def test_quick_benchmark_runs_and_reports_every_variant(tmp_path: Path) -> None:
         assert row[7] == ("met" if met else "**MISSED**"), row
     assert "## Where the time goes" in text
     assert "## Web" in text
+    # Flask-SQLAlchemy under gunicorn: tether's engine and both QueuePools, served and loaded.
+    orm = section(text, "Flask-SQLAlchemy under gunicorn: tether's engine beside QueuePool")[1:]
+    assert {row[0] for row in orm} == {
+        "Flask-SQLAlchemy on tether",
+        "QueuePool",
+        "QueuePool pre_ping",
+    }, orm
+    assert all(number(row[2]) > 0 and row[4] == "0" for row in orm), orm
     for gone in ("pure Python", "pure-Python", "_speedups", "compiled", "valgrind", "cold-cache"):
         assert gone not in text, gone

@@ -2,4 +2,5 @@
 
 - ``tether[flask]``: :mod:`tether.contrib.flask`
 - ``tether[prometheus]``: :mod:`tether.contrib.prometheus`
+- ``tether[sqlalchemy]``: :mod:`tether.contrib.sqlalchemy` (SQLAlchemy and Flask-SQLAlchemy)
 """

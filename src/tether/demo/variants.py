@@ -1,6 +1,7 @@
 """The ways of getting a connection that the demo compares, each written the way its users
 write it: connect per request, a connection kept per thread, DBUtils ``PersistentDB``,
-SQLAlchemy with ``pool_pre_ping``, and tether; and the asyncio ones (:mod:`.async_variants`).
+SQLAlchemy with ``pool_pre_ping``, SQLAlchemy's ORM on tether, and tether; and the asyncio
+ones (:mod:`.async_variants`).
 
 Every variant answers two requests: :meth:`Variant.read` (a ``SELECT`` by key) and
 :meth:`Variant.write` (``INSERT`` a ledger row, some application work, ``UPDATE`` a counter, in
@@ -112,12 +113,18 @@ def errno_of(exc: BaseException) -> int | None:
 
 def error_kind(exc: BaseException) -> str:
     """A short name for what reached the application: ``pymysql.OperationalError(2013)``,
-    ``tether.TransactionLost(2013)``, ``sqlalchemy.OperationalError(1226)``."""
+    ``tether.TransactionLost(2013)``, ``sqlalchemy.OperationalError(1226)``,
+    ``sqlalchemy.OperationalError(2013) from tether.TransactionLost``."""
     cls = type(exc)
     package = cls.__module__.split(".")[0]
     code = errno_of(exc)
     name = f"{package}.{cls.__name__}"
-    return f"{name}({code})" if code is not None else name
+    if code is not None:
+        name = f"{name}({code})"
+    orig = getattr(exc, "orig", None)
+    if isinstance(orig, tether.Error):  # SQLAlchemy's wrapper of one of tether's errors
+        name = f"{name} from tether.{type(orig).__name__}"
+    return name
 
 
 class Variant:
@@ -314,6 +321,49 @@ class SQLAlchemyPrePing(Variant):
         self.engine.dispose()
 
 
+class SQLAlchemyOnTether(Variant):
+    key = "sqlalchemy-tether"
+    title = "SQLAlchemy ORM on tether"
+    description = (
+        "tether.contrib.sqlalchemy.create_engine(url, pool_options={'timeout': 10}): no"
+        " pre_ping; an ORM Session for reads, Session.begin() for writes"
+    )
+
+    def __init__(self, endpoint: Endpoint, tables: Tables, *, driver: str) -> None:
+        super().__init__(endpoint, tables, driver=driver)
+        from sqlalchemy import text
+
+        from ..contrib.sqlalchemy import create_engine
+
+        scheme = "mysql+pymysql" if driver == "pymysql" else "mysql+mysqldb"
+        self.engine = create_engine(
+            endpoint.url(scheme), pool_options={"timeout": 10.0, "name": f"demo-{self.key}"}
+        )
+        self._select = text(tables.select.replace("%s", ":key"))
+        self._insert = text(
+            f"INSERT INTO {tables.ledger} (request_id, slot, session)"
+            " VALUES (:request_id, :slot, CONNECTION_ID())"
+        )
+        self._update = text(f"UPDATE {tables.counters} SET n = n + 1 WHERE slot = :slot")
+
+    def read(self, key: int) -> None:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session:
+            session.execute(self._select, {"key": key}).fetchall()
+
+    def write(self, request_id: int, slot: int, work: Work) -> None:
+        from sqlalchemy.orm import Session
+
+        with Session(self.engine) as session, session.begin():
+            session.execute(self._insert, {"request_id": request_id, "slot": slot})
+            work()
+            session.execute(self._update, {"slot": slot})
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
 class TetherPool(Variant):
     key = "tether"
     title = "tether Pool"
@@ -355,6 +405,7 @@ THREADED: tuple[type[Variant], ...] = (
     ConnectionPerThread,
     DBUtilsPersistent,
     SQLAlchemyPrePing,
+    SQLAlchemyOnTether,
     TetherPool,
     TetherThreadLocal,
 )
@@ -380,6 +431,7 @@ QUICK_KEYS = (
     "persistent",
     "dbutils",
     "sqlalchemy",
+    "sqlalchemy-tether",
     "tether",
     "asyncmy-pool",
     "tether-async",
