@@ -2,7 +2,7 @@
 
 :class:`tether.PooledConnection` and ``run_transaction`` talk to this, never to a pool's
 private members, so the proxy does not depend on which pool flavour lent it. :class:`Judge`
-is the part that decides what a failed call means (:func:`tether.connection.failure_outcome`),
+is the part that decides what a failed call means (:func:`tether.outcomes.failure_outcome`),
 shared by the threaded and the asyncio connections; :class:`Lender` adds the threaded
 give-back and renewal.
 """

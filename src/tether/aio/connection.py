@@ -2,7 +2,7 @@
 
 The same rules as :class:`tether.PooledConnection`, with ``await``: each call that talks to the
 server is marked in flight, the status bits of its reply are noted, and a lost connection is
-judged by :func:`tether.connection.failure_outcome` (the one function both flavours decide
+judged by :func:`tether.outcomes.failure_outcome` (the one function both flavours decide
 through): replayed on a fresh connection where nothing can be lost or repeated, else
 :class:`tether.TransactionLost` / :class:`tether.OutcomeUnknown` / the driver's error.
 
@@ -19,9 +19,9 @@ from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..classify import ErrorKind, classify
-from ..connection import failure_outcome, interrupted, lost_error, note_reply
 from ..entry import Entry, Lease
 from ..errors import ConnectionReleased, driver_error
+from ..outcomes import failure_outcome, interrupted, lost_error, note_reply
 from ..policy import Outcome
 from ..statements import is_read_only
 

@@ -3,7 +3,7 @@
 The decisions are the threaded pool's, from the same code: the bookkeeping
 (:class:`tether.state.PoolState`), what a connection needs before it is handed out and after it
 comes back (:class:`tether.policy.Rules`), lifetimes, backoff, what a lost connection means
-(:func:`tether.connection.failure_outcome`). What differs is the waiting (a queued check-out
+(:func:`tether.outcomes.failure_outcome`). What differs is the waiting (a queued check-out
 awaits its lease's future) and the I/O (coroutines through :mod:`tether.aio.drivers`).
 
 No lock: every piece of bookkeeping runs between two awaits, so nothing else on the loop can
