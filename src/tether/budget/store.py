@@ -220,7 +220,12 @@ def redact_url(url: str) -> str:
 def _snapshot(reply: list[Any]) -> tuple[bool, Snapshot]:
     granted, cap, total, mine, wanting, rank, demand, holders = (int(v) for v in reply)
     return bool(granted), Snapshot(
-        cap=cap, total=total, mine=mine, wanting=wanting, rank=rank, demand=demand,
+        cap=cap,
+        total=total,
+        mine=mine,
+        wanting=wanting,
+        rank=rank,
+        demand=demand,
         holders=holders,
     )
 
