@@ -84,6 +84,8 @@ class Gate:
         #: The pool's queued check-outs (set by the pool's maintenance).
         self.waiting: Callable[[], int] = lambda: 0
         self.idle = 0
+        #: Connects refused for want of a lease (the pool counts them as capacity errors).
+        self.refused = 0
         self._start()
 
     def _start(self) -> None:
@@ -152,6 +154,7 @@ class Gate:
                 return self._take_offline()
             self._heard(snap)
             if not granted:
+                self.refused += 1
                 return None
             self._tokens.add(token)
             return token
@@ -159,6 +162,7 @@ class Gate:
     def _take_offline(self) -> Token | None:
         held = self.held
         if held >= min(rules.offline_limit(self.last, held), self.limit):
+            self.refused += 1
             return None
         token = Token()
         self._tokens.add(token)
