@@ -174,10 +174,10 @@ class Gate:
         if token.settled:
             return
         token.settled = True
-        self._tokens.discard(token)
         if os.getpid() != self._pid:
             return  # a lease of the parent process, in a forked child
         with self._lock:
+            self._tokens.discard(token)
             if not self.online:
                 return  # the next renewal that reaches the store states the count
             try:
