@@ -73,6 +73,7 @@ class MemoryStore:
             rank=wanted.index(holder) if holder in self.waiting else -1,
             demand=sum(self.waiting.values()),
             holders=len(self.held),
+            wanting_held=sum(self.held.get(h, 0) for h in wanted),
         )
 
     # ------------------------------------------------------------------ the interface

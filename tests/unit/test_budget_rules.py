@@ -77,6 +77,11 @@ def test_fair_shares_add_up_to_the_cap(cap, holders, shares):
         (snap(cap=10, wanting=3, rank=2), 3),
         (snap(cap=10, wanting=3, rank=0), 4),
         (snap(cap=10, wanting=4, rank=-1), 2),  # four others wait, this one not: 5 compete
+        # Two wait; the six that do not wait hold 6 of 16: the two share the other 10.
+        (Snapshot(16, 16, 2, 2, 1, 9, 8, wanting_held=10), 5),
+        (Snapshot(16, 16, 8, 2, 0, 9, 8, wanting_held=10), 5),
+        # Waiting holders hold everything: the whole cap is theirs to share.
+        (Snapshot(16, 16, 12, 2, 0, 9, 2, wanting_held=16), 8),
     ],
 )
 def test_limit(state, expected):

@@ -32,6 +32,8 @@ class Snapshot:
     demand: int
     #: Holders known to the store (this one included once it holds a lease).
     holders: int = 1
+    #: Leases held by the waiting holders (-1: not known; taken as all of them).
+    wanting_held: int = -1
 
 
 @dataclass(frozen=True)
@@ -87,13 +89,22 @@ def others_wanting(snap: Snapshot) -> int:
 
 def limit(snap: Snapshot) -> int:
     """How many leases this holder may hold: the whole cap while nobody else waits (first
-    come, first served), else its fair share."""
+    come, first served), else its fair share.
+
+    A waiting holder's share is of what the waiting holders hold or could take: the cap less
+    the leases of holders that do not wait (theirs are busy; what they hold above their own
+    share comes back at their give-backs, and their idle ones as others need them). A holder
+    that does not wait is measured against the whole cap split between it and the waiting
+    ones."""
     if snap.cap <= 0:
-        return 1  # the cap is not known yet: one connection, to read it from the server
+        return 1  # the cap is not known yet: one connect, to read it from the server
     if others_wanting(snap) <= 0:
         return snap.cap
     holders, rank = _competitors(snap)
-    return fair_share(snap.cap, holders, rank)
+    if snap.rank < 0 or snap.wanting_held < 0:
+        return fair_share(snap.cap, holders, rank)
+    settled = max(0, snap.total - snap.wanting_held)  # held by holders that do not wait
+    return fair_share(max(snap.cap - settled, holders), holders, rank)
 
 
 def plan(snap: Snapshot, *, held: int, idle: int, waiting: int, min_size: int) -> Plan:

@@ -12,7 +12,8 @@ Cluster keeps them in one slot (a script may only touch keys of one slot):
   check-outs waiting for a lease; ``waiting`` (hash): how many;
 - ``info`` (hash): host, process and pool of each holder, and its idle connections, for
   ``tether doctor``;
-- ``meta`` (hash): ``cap``, ``total`` (leases held in all), ``demand`` (check-outs waiting).
+- ``meta`` (hash): ``cap``, ``total`` (leases held in all), ``demand`` (check-outs waiting),
+  ``wheld`` (leases held by the waiting holders).
 
 A lease costs one script run when a connection opens (``acquire``) and one when it closes
 (``release``); a renewal (``renew``) per pool per maintenance round re-states what the pool
@@ -91,21 +92,35 @@ local holders, expiry, wanted, waiting, info, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local function held_by(h)
+  return tonumber(redis.call('HGET', holders, h) or '0')
+end
+-- meta.wheld: the leases held by waiting holders, kept as holders enter and leave the set.
 local function set_waiting(h, n)
   local old = tonumber(redis.call('HGET', waiting, h) or '0')
   if n > 0 then
     redis.call('HSET', waiting, h, n)
-    redis.call('ZADD', wanted, 0, h)
+    if redis.call('ZADD', wanted, 0, h) == 1 then
+      redis.call('HINCRBY', meta, 'wheld', held_by(h))
+    end
   else
     redis.call('HDEL', waiting, h)
-    redis.call('ZREM', wanted, h)
+    -- (0 - n, not -n: Lua writes minus zero as "-0", which HINCRBY refuses)
+    if redis.call('ZREM', wanted, h) == 1 then
+      redis.call('HINCRBY', meta, 'wheld', 0 - held_by(h))
+    end
   end
   if n ~= old then redis.call('HINCRBY', meta, 'demand', n - old) end
 end
+local function add_held(h, delta)
+  if delta == 0 then return end
+  redis.call('HINCRBY', holders, h, delta)
+  redis.call('HINCRBY', meta, 'total', delta)
+  if redis.call('ZSCORE', wanted, h) then redis.call('HINCRBY', meta, 'wheld', delta) end
+end
 local function drop(h)
-  local n = tonumber(redis.call('HGET', holders, h) or '0')
-  if n ~= 0 then redis.call('HINCRBY', meta, 'total', -n) end
   set_waiting(h, 0)
+  add_held(h, 0 - held_by(h))
   redis.call('HDEL', holders, h)
   redis.call('HDEL', info, h)
   redis.call('ZREM', expiry, h)
@@ -115,10 +130,10 @@ for _, h in ipairs(redis.call('ZRANGEBYSCORE', expiry, '-inf', now, 'LIMIT', 0, 
 end
 local function snapshot(h, granted, cap)
   local rank = redis.call('ZRANK', wanted, h)
-  return {granted, cap, tonumber(redis.call('HGET', meta, 'total') or '0'),
-          tonumber(redis.call('HGET', holders, h) or '0'), redis.call('ZCARD', wanted),
-          rank or -1, tonumber(redis.call('HGET', meta, 'demand') or '0'),
-          redis.call('HLEN', holders)}
+  return {granted, cap, tonumber(redis.call('HGET', meta, 'total') or '0'), held_by(h),
+          redis.call('ZCARD', wanted), rank or -1,
+          tonumber(redis.call('HGET', meta, 'demand') or '0'), redis.call('HLEN', holders),
+          tonumber(redis.call('HGET', meta, 'wheld') or '0')}
 end
 local function the_cap(given)
   if given > 0 then
@@ -136,14 +151,13 @@ _ACQUIRE = (
 local h, limit = ARGV[1], tonumber(ARGV[2])
 local cap = the_cap(tonumber(ARGV[3]))
 local total = tonumber(redis.call('HGET', meta, 'total') or '0')
-local mine = tonumber(redis.call('HGET', holders, h) or '0')
+local mine = held_by(h)
 -- Until some holder has read the cap from the server, one lease in all: for that read.
 local room = cap
 if room <= 0 then room = 1 end
 local granted = 0
 if total < room and mine < limit then
-  redis.call('HINCRBY', holders, h, 1)
-  redis.call('HINCRBY', meta, 'total', 1)
+  add_held(h, 1)
   set_waiting(h, tonumber(ARGV[5]))
   granted = 1
 else
@@ -160,11 +174,8 @@ _RELEASE = (
     _PROLOGUE
     + """
 local h, n = ARGV[1], tonumber(ARGV[2])
-local mine = tonumber(redis.call('HGET', holders, h) or '-1')
-if mine >= 0 then
-  local freed = math.min(mine, n)
-  redis.call('HSET', holders, h, mine - freed)
-  redis.call('HINCRBY', meta, 'total', -freed)
+if redis.call('HEXISTS', holders, h) == 1 then
+  add_held(h, 0 - math.min(held_by(h), n))
 end
 return 1
 """
@@ -176,9 +187,7 @@ _RENEW = (
     + """
 local h, held = ARGV[1], tonumber(ARGV[2])
 local cap = the_cap(tonumber(ARGV[3]))
-local old = tonumber(redis.call('HGET', holders, h) or '0')
-redis.call('HSET', holders, h, held)
-if held ~= old then redis.call('HINCRBY', meta, 'total', held - old) end
+add_held(h, held - held_by(h))
 set_waiting(h, tonumber(ARGV[5]))
 redis.call('ZADD', expiry, now + tonumber(ARGV[4]), h)
 redis.call('HSET', info, h, ARGV[6])
@@ -218,7 +227,9 @@ def redact_url(url: str) -> str:
 
 
 def _snapshot(reply: list[Any]) -> tuple[bool, Snapshot]:
-    granted, cap, total, mine, wanting, rank, demand, holders = (int(v) for v in reply)
+    granted, cap, total, mine, wanting, rank, demand, holders, wanting_held = (
+        int(v) for v in reply
+    )
     return bool(granted), Snapshot(
         cap=cap,
         total=total,
@@ -227,6 +238,7 @@ def _snapshot(reply: list[Any]) -> tuple[bool, Snapshot]:
         rank=rank,
         demand=demand,
         holders=holders,
+        wanting_held=wanting_held,
     )
 
 
