@@ -207,7 +207,7 @@ def test_the_password_never_shows(
     redis = redis_factory(password="hunter2-redis")
     caplog.set_level(logging.INFO, logger="tether")
     pool = tether.Pool(
-        "mysql://root@127.0.0.1:3306/test", driver="pymysql", budget=redis.url, timeout=1
+        "mysql://root@127.0.0.1:3306/test", driver="pymysql", budget=redis.url, timeout=5
     )
     try:
         with pool.connection() as conn:

@@ -16,12 +16,19 @@ TTL = 60.0
 def script(store: Any) -> list[Any]:
     out: list[Any] = []
 
-    def acquire(holder: str, limit: int = 100, cap: int = 0, waiting: int = 0) -> None:
-        out.append(store.acquire(holder, limit=limit, cap=cap, ttl=TTL, waiting=waiting, info="{}"))
+    def acquire(
+        holder: str, limit: int = 100, cap: int = 0, waiting: int = 0, grace: float = 0.0
+    ) -> None:
+        out.append(
+            store.acquire(
+                holder, limit=limit, cap=cap, ttl=TTL, waiting=waiting, info="{}", grace=grace
+            )
+        )
 
     def renew(holder: str, held: int, waiting: int = 0) -> None:
         out.append(store.renew(holder, held=held, waiting=waiting, cap=0, ttl=TTL, info="{}"))
 
+    acquire("a", grace=60)  # new keys: nothing granted before the holders re-registered
     acquire("a")  # cap unknown: one lease in all
     acquire("b")  # refused, b waits
     acquire("a", cap=4)
@@ -52,6 +59,6 @@ def script(store: Any) -> list[Any]:
 def test_the_lua_scripts_and_the_memory_store_agree(redis_server: RedisServer) -> None:
     redis = RedisStore(redis_server.url, "agree")
     try:
-        assert script(redis) == script(MemoryStore("agree"))
+        assert script(redis) == script(MemoryStore("agree", fresh=True))
     finally:
         redis.close()

@@ -19,8 +19,11 @@ class Unreachable(ConnectionError):
 class MemoryStore:
     errors: tuple[type[BaseException], ...] = (Unreachable,)
 
-    def __init__(self, key: str = "test", clock=time.monotonic) -> None:
+    def __init__(self, key: str = "test", clock=time.monotonic, *, fresh: bool = False) -> None:
         self.key = key
+        # When the keys were created (None: at the first call); by default long ago, so that
+        # a test's first lease is not held back by the grace after a (re)start.
+        self.born: float | None = None if fresh else float("-inf")
         self.clock = clock
         self.lock = threading.Lock()
         self.cap = 0
@@ -38,6 +41,8 @@ class MemoryStore:
         if self.down:
             raise Unreachable("budget store down")
         now = self.clock()
+        if self.born is None:
+            self.born = now
         for holder in [h for h, at in self.expiry.items() if at <= now]:
             self._drop(holder)
         return now
@@ -79,14 +84,23 @@ class MemoryStore:
     # ------------------------------------------------------------------ the interface
 
     def acquire(
-        self, holder: str, *, limit: int, cap: int, ttl: float, waiting: int, info: str
+        self,
+        holder: str,
+        *,
+        limit: int,
+        cap: int,
+        ttl: float,
+        waiting: int,
+        info: str,
+        grace: float = 0.0,
     ) -> tuple[bool, Snapshot]:
         with self.lock:
             now = self._enter()
             cap = self._cap(cap)
             room = cap if cap > 0 else 1
             mine = self.held.get(holder, 0)
-            granted = self.total < room and mine < limit
+            fresh = self.born is not None and now - self.born < grace
+            granted = self.total < room and mine < limit and not fresh
             if granted:
                 self.held[holder] = mine + 1
                 self._set_waiting(holder, waiting)
@@ -143,6 +157,7 @@ class MemoryStore:
         """Everything lost, as a Redis without persistence after a restart."""
         with self.lock:
             self.cap = 0
+            self.born = None
             self.held.clear()
             self.expiry.clear()
             self.waiting.clear()

@@ -50,4 +50,5 @@ def make_gate(budget: Any, *, dsn: DSN, name: str, config: Any) -> Gate:
         cap=config.budget_cap,
         reserve=config.budget_reserve,
         ttl=config.budget_ttl,
+        grace=2 * config.maintenance_interval,
     )

@@ -74,6 +74,7 @@ class Gate:
         cap: int | None,
         reserve: int,
         ttl: float,
+        grace: float = 0.0,
     ) -> None:
         self.store = store
         self.name = name
@@ -81,6 +82,8 @@ class Gate:
         self.explicit_cap = cap
         self.reserve = reserve
         self.ttl = ttl
+        #: How long a new (or restarted, emptied) store grants nothing: two renewals.
+        self.grace = grace
         #: The pool's queued check-outs (set by the pool's maintenance).
         self.waiting: Callable[[], int] = lambda: 0
         self.idle = 0
@@ -136,6 +139,7 @@ class Gate:
                     ttl=self.ttl,
                     waiting=waiting,
                     info=self._info(),
+                    grace=self.grace,
                 )
                 if not granted and snap.total < max(snap.cap, 1):
                     # Refused on a limit computed from an older answer: look again once.
@@ -148,6 +152,7 @@ class Gate:
                             ttl=self.ttl,
                             waiting=waiting,
                             info=self._info(),
+                            grace=self.grace,
                         )
             except self._errors() as exc:
                 self._lost(exc)

@@ -57,11 +57,21 @@ class Store(Protocol):
     """The operations a budget needs from where its leases live; every one atomic."""
 
     def acquire(
-        self, holder: str, *, limit: int, cap: int, ttl: float, waiting: int, info: str
+        self,
+        holder: str,
+        *,
+        limit: int,
+        cap: int,
+        ttl: float,
+        waiting: int,
+        info: str,
+        grace: float,
     ) -> tuple[bool, Snapshot]:
         """One more lease for ``holder`` if the fleet is under its cap (``cap``: the
         holder's idea of it, 0 if unknown; the store keeps the last one given) and the
-        holder under ``limit``; else mark it as wanting (``waiting`` check-outs queued)."""
+        holder under ``limit``; else mark it as wanting (``waiting`` check-outs queued).
+        None within ``grace`` seconds of the budget's keys being created (a new or
+        restarted Redis): the live holders re-register meanwhile."""
 
     def release(self, holder: str, count: int) -> None:
         """``count`` leases of ``holder`` are free again (never below zero)."""
@@ -92,6 +102,13 @@ local holders, expiry, wanted, waiting, info, meta =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+-- When this budget's keys were (re)created: after a Redis restart that lost them, the live
+-- holders re-register within one renewal; until then the store cannot know what is held.
+local born = tonumber(redis.call('HGET', meta, 'born') or '0')
+if born == 0 then
+  born = now
+  redis.call('HSET', meta, 'born', now)
+end
 local function held_by(h)
   return tonumber(redis.call('HGET', holders, h) or '0')
 end
@@ -144,7 +161,7 @@ local function the_cap(given)
 end
 """
 
-# ARGV: holder, limit, cap, ttl (ms), waiting, info
+# ARGV: holder, limit, cap, ttl (ms), waiting, info, grace (ms)
 _ACQUIRE = (
     _PROLOGUE
     + """
@@ -156,7 +173,8 @@ local mine = held_by(h)
 local room = cap
 if room <= 0 then room = 1 end
 local granted = 0
-if total < room and mine < limit then
+local fresh = now - born < tonumber(ARGV[7])
+if total < room and mine < limit and not fresh then
   add_held(h, 1)
   set_waiting(h, tonumber(ARGV[5]))
   granted = 1
@@ -286,10 +304,19 @@ class RedisStore:
         self.errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError)
 
     def acquire(
-        self, holder: str, *, limit: int, cap: int, ttl: float, waiting: int, info: str
+        self,
+        holder: str,
+        *,
+        limit: int,
+        cap: int,
+        ttl: float,
+        waiting: int,
+        info: str,
+        grace: float,
     ) -> tuple[bool, Snapshot]:
         reply = self._acquire(
-            keys=self._keys, args=[holder, limit, cap, int(ttl * 1000), waiting, info]
+            keys=self._keys,
+            args=[holder, limit, cap, int(ttl * 1000), waiting, info, int(grace * 1000)],
         )
         return _snapshot(reply)
 
