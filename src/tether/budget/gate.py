@@ -174,14 +174,15 @@ class Gate:
         return token
 
     def settle(self, token: Token) -> None:
-        """The connection ``token`` was taken for is closed: its lease is free. Settled
-        before the store is told, so that it is never freed twice."""
-        if token.settled:
-            return
-        token.settled = True
-        if os.getpid() != self._pid:
-            return  # a lease of the parent process, in a forked child
+        """The connection ``token`` was taken for is closed: its lease is free. Marked
+        settled before the store is told, so that it is never freed twice; both under the
+        lock, so that a renewal never counts it out and then sees it freed once more."""
+        if token.settled or os.getpid() != self._pid:
+            return  # settled already, or a lease of the parent process in a forked child
         with self._lock:
+            if token.settled:
+                return
+            token.settled = True
             self._tokens.discard(token)
             if not self.online:
                 return  # the next renewal that reaches the store states the count
