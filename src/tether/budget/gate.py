@@ -177,8 +177,8 @@ class Gate:
         """The connection ``token`` was taken for is closed: its lease is free. Marked
         settled before the store is told, so that it is never freed twice; both under the
         lock, so that a renewal never counts it out and then sees it freed once more."""
-        if token.settled or os.getpid() != self._pid:
-            return  # settled already, or a lease of the parent process in a forked child
+        if os.getpid() != self._pid:
+            return  # a lease of the parent process, in a forked child
         with self._lock:
             if token.settled:
                 return
