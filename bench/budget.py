@@ -205,6 +205,14 @@ def section(rows: list[dict[str, Any]], seconds: float, command: str) -> str:
         f" sessions open ({budget['samples']} samples). The Redis work is per connect and"
         " close and per renewal (4 per second per process here), never per check-out.",
         "",
+        f"p99 wait: {budget['p99_ms']:.0f} ms with the budget, {static['p99_ms']:.0f} ms with the"
+        " static split. A check-out that needs a lease from another process waits for it to"
+        " come free (a give-back over the share, an idle connection closed at the holder's next"
+        " maintenance round) and for its own pool's next connect attempt (a backoff step of 50"
+        " ms, doubling): the budget lets a busy process grow, but a growth is not immediate. A"
+        " static split's waiters wait only for their own process's give-backs, with at most 2"
+        " connections each.",
+        "",
     ]
     return "\n".join(lines)
 
