@@ -204,7 +204,7 @@ def _check_budget(config: PoolConfig) -> None:
         _check_int("budget_cap", config.budget_cap, minimum=1)
     _check_int("budget_reserve", config.budget_reserve, minimum=0)
     _check_seconds("budget_ttl", config.budget_ttl, positive=True)
-    if config.budget_ttl < 2 * config.maintenance_interval:
+    if budget is not None and config.budget_ttl < 2 * config.maintenance_interval:
         raise ValueError(
             f"budget_ttl ({config.budget_ttl}s) must be at least twice maintenance_interval"
             f" ({config.maintenance_interval}s): leases are renewed by maintenance"
