@@ -226,3 +226,39 @@ def test_offline_it_keeps_what_it_holds_and_opens_only_its_last_known_share():
     assert a.online and store.held[a.holder] == 2  # re-registered
     b.renew(idle=0, waiting=0, min_size=0)
     assert store.total == 3
+
+
+# ---------------------------------------------------------------------- options
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"budget": 42}, "budget must be"),
+        ({"budget": MemoryStore(), "budget_cap": 0}, "budget_cap"),
+        ({"budget": MemoryStore(), "budget_reserve": -1}, "budget_reserve"),
+        ({"budget": MemoryStore(), "budget_key": ""}, "budget_key"),
+        ({"budget": MemoryStore(), "budget_ttl": 1.0}, "at least twice maintenance_interval"),
+        ({"budget": "http://u:hunter2@127.0.0.1/0"}, "redis://"),
+    ],
+)
+def test_budget_options_are_checked_at_construction(options, message):
+    from tether import Pool
+
+    from .fakedriver import FakeDriver
+
+    with pytest.raises(ValueError, match=message) as info:
+        Pool("mysql://app@127.0.0.1/app", driver=FakeDriver(), **options)
+    assert "hunter2" not in str(info.value)
+
+
+def test_without_a_budget_the_budget_options_cost_nothing():
+    from tether import Pool
+
+    from .fakedriver import FakeDriver
+
+    pool = Pool("mysql://app@127.0.0.1/app", driver=FakeDriver(), maintenance_interval=3600)
+    try:
+        assert pool._connector.gate is None
+    finally:
+        pool.close()
