@@ -3,7 +3,9 @@
 Each scenario is a path through the pool: check-out (trusted, polled, pinged, opened, replaced,
 waited for, timed out, backed off), statements, fetches, give-backs that clean, replays,
 transactions, a lost transaction, takeovers, garbage-collected connections, maintenance,
-close. It runs once to count its points (every line and call in tether's code and the fake
+close; and the paths of a fleet-wide budget (a lease taken before each connect, settled after
+each close, renewed by maintenance, over an in-memory store), where no lease may leak or be
+freed twice. It runs once to count its points (every line and call in tether's code and the fake
 driver's), then once per point with an exception raised there: ``Interrupt`` (like Ctrl-C,
 not an ``Exception``) and ``AlarmError`` (an ``Exception`` a signal handler raises, not the
 driver's). After each run:
