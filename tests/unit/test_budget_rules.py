@@ -262,3 +262,36 @@ def test_without_a_budget_the_budget_options_cost_nothing():
         assert pool._connector.gate is None
     finally:
         pool.close()
+
+
+def test_a_renewal_that_gets_in_during_a_settle_does_not_free_the_lease_twice(monkeypatch):
+    """A renewal may run at any thread switch of a settle outside the gate's lock (here: at
+    its ``os.getpid()``, run in place): the lease is then either counted by the renewal and
+    freed by the settle, or counted out and not freed again; never both."""
+    import os
+
+    import tether.budget.gate as gate_module
+
+    store = MemoryStore()
+    a = gate(store, "a")
+    first, second = a.take(), a.take()
+    assert first is not None and second is not None
+    during_settle = [False]
+
+    class SwitchingOs:
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+        @staticmethod
+        def getpid() -> int:
+            if during_settle[0]:
+                during_settle[0] = False
+                a.renew(idle=0, waiting=0, min_size=0)  # another thread's renewal
+            return os.getpid()
+
+    monkeypatch.setattr(gate_module, "os", SwitchingOs())
+    during_settle[0] = True
+    a.settle(first)
+    assert store.held[a.holder] == 1  # the second one is still open
+    a.settle(second)
+    assert store.held[a.holder] == 0
