@@ -218,9 +218,11 @@ class Gate:
     def leave(self) -> None:
         """The pool closed: with nothing left open, its holder leaves the store at once
         (else its leases lapse with the renewals)."""
-        if os.getpid() != self._pid or self.held:
+        if os.getpid() != self._pid:
             return
         with self._lock:
+            if self.held:
+                return
             try:
                 self.store.leave(self.holder)
             except self._errors():
