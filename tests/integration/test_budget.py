@@ -95,6 +95,7 @@ def test_eight_processes_share_a_cap_of_ten_without_a_1226(
     assert max(status.total for _, status in sampler.statuses) <= CAP
 
 
+@pytest.mark.faults
 def test_the_leases_of_a_killed_process_are_freed_within_the_ttl(
     capped: MariaDBServer, redis_server: RedisServer
 ) -> None:
