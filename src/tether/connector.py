@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -34,6 +35,37 @@ ACCOUNT_LIMIT_QUERY = (
 )
 
 logger = logging.getLogger("tether")
+
+#: How long a close waits for the server to end the session before its budget lease is
+#: freed (the server counts a session until it has processed the ``QUIT``; a healthy one
+#: does so in well under a millisecond, a dead one has closed its end already).
+SESSION_END_WAIT = 0.2
+
+
+def watch_session(fd: int) -> socket.socket | None:
+    """A second handle on a connection's socket, taken just before it is closed, to see the
+    server end the session (see :func:`session_ended`)."""
+    try:
+        return socket.socket(fileno=os.dup(fd)) if fd >= 0 else None
+    except OSError:
+        return None
+
+
+def session_ended(watch: socket.socket | None, timeout: float = SESSION_END_WAIT) -> None:
+    """Wait (at most ``timeout`` seconds) until the server has closed its end of a connection
+    whose client end was just closed: ``watch`` is a second handle on that socket."""
+    if watch is None:
+        return
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            watch.settimeout(left)
+            if not watch.recv(4096):
+                break  # the server closed the session
+    except OSError:
+        pass  # reset, timed out: either way, waited enough
+    finally:
+        watch.close()
 
 
 class ServerLimits:
@@ -304,11 +336,16 @@ class Connector(ConnectorBase):
         first, forgotten after, so a close cut short is finished by the next."""
         raw = entry.raw
         if raw is not None:
+            watch = None
             if entry.pid == os.getpid():
+                # With a lease: freed once the server has ended the session, not before.
+                if entry.budget is not None:
+                    watch = watch_session(self.driver.fileno(raw))
                 self.driver.close(raw)
             else:
                 self.driver.abandon(raw)
             entry.raw = None
+            session_ended(watch)
         if entry.budget is not None:
             self._settle_lease(entry)
 

@@ -54,7 +54,9 @@ class Fleet:
                 out.append(None)
                 continue
             assert proc.returncode == 0, f"worker {proc.pid} failed:\n{stderr[-3000:]}"
-            out.append(json.loads(stdout.strip().splitlines()[-1]))
+            result = json.loads(stdout.strip().splitlines()[-1])
+            result["log"] = stderr[-3000:]  # warnings: a connect the server refused, for one
+            out.append(result)
         return out
 
     def stop(self) -> None:

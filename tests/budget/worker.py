@@ -8,6 +8,7 @@ phase, errors by error number, the pool's stats. Bounded in time: it stops at ``
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import threading
 import time
@@ -17,6 +18,9 @@ import tether
 
 
 def main(spec: dict[str, Any]) -> None:
+    logging.basicConfig(
+        level=logging.WARNING, format="%(created).3f %(process)d %(message)s", stream=sys.stderr
+    )
     pool_class = tether.ThreadLocalPool if spec.get("thread_local") else tether.Pool
     pool = pool_class(
         spec["dsn"],

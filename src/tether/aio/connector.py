@@ -11,11 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 from ..config import PoolConfig
-from ..connector import ACCOUNT_LIMIT_QUERY, ConnectorBase, ServerLimits
+from ..connector import (
+    ACCOUNT_LIMIT_QUERY,
+    ConnectorBase,
+    ServerLimits,
+    session_ended,
+    watch_session,
+)
 from ..drivers.sockets import poller, tune_socket
 from ..dsn import DSN
 from ..entry import Entry
@@ -154,9 +161,13 @@ class AsyncConnector(ConnectorBase):
         (a ``SLEEP``, a long report): the session is killed from a short-lived connection,
         on a task of the pool's own, so the caller's cancellation does not wait for it."""
         raw = entry.raw
+        watch = None
         if raw is not None:
             token = None
             if entry.pid == os.getpid():
+                if entry.budget is not None and not entry.in_flight:
+                    # The lease is freed once the server has ended the session.
+                    watch = watch_session(self.driver.fileno(raw))
                 self.driver.close(raw)
                 if entry.in_flight:
                     # Its session may live on until killed: the lease goes with the kill.
@@ -167,20 +178,31 @@ class AsyncConnector(ConnectorBase):
             entry.raw = None
         if entry.budget is not None:
             token, entry.budget = entry.budget, None
-            self._settle_later(token)
+            self._settle_later(token, watch)
+        elif watch is not None:
+            watch.close()
 
-    def _settle_later(self, token: Any) -> None:
-        """Settle a lease without the loop waiting on the store: on a worker thread (at
-        once where no loop runs, at exit)."""
+    def _settle_later(self, token: Any, watch: socket.socket | None = None) -> None:
+        """Settle a lease once the server has ended the session, without the loop waiting
+        on either: on a worker thread (at once where no loop runs, at exit)."""
         gate = self.gate
         if gate is None or token is None:
+            if watch is not None:
+                watch.close()
             return
+
+        def settle() -> None:
+            session_ended(watch)
+            gate.settle(token)
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
+            if watch is not None:
+                watch.close()
             gate.settle(token)
             return
-        future = loop.run_in_executor(None, gate.settle, token)
+        future = loop.run_in_executor(None, settle)
         self._settles.add(future)
         future.add_done_callback(self._settles.discard)
 
