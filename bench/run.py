@@ -200,6 +200,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--async-seconds", type=float, help="per asyncio cell (quick 0.2, full 2)")
     parser.add_argument(
+        "--skip-budget", action="store_true", help="leave out the fleet budget (bench/budget.py)"
+    )
+    parser.add_argument(
         "--ab-slices", type=int, help="A/B slices of each variant (quick 10, full 300 to 600)"
     )
     parser.add_argument(
@@ -297,6 +300,10 @@ def main(argv: list[str] | None = None) -> int:
     if orm is not None:
         text = text.rstrip("\n") + "\n\n" + orm_sqla.section(orm)
     path.write_text(text)
+    if not (plan.quick or args.skip_budget):
+        import budget  # its own servers (an account capped at 16, a Redis); appends a section
+
+        budget.main(["--write", "--results", str(path)])
     print(f"wrote {path}, {output / 'ratios.png'}, {output / 'costs.png'} in {elapsed:.0f} s")
     return 0
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure the system packages tether's suite, demo and benchmarks need are present:
-# a MariaDB server binary (private throwaway servers), mysqlclient's build dependencies
+# a MariaDB server binary (private throwaway servers), redis-server (private ones for the
+# budget's tests), mysqlclient's build dependencies
 # and Python's venv module. Installs them with apt-get when running as root on Debian;
 # otherwise stops with a message naming the packages.
 set -euo pipefail
@@ -30,6 +31,8 @@ have_client_headers || missing+=(libmariadb-dev pkg-config)
 command -v cc >/dev/null 2>&1 || missing+=(gcc)
 have_python_headers || missing+=(python3-dev)
 "$PYTHON" -c "import venv, ensurepip" >/dev/null 2>&1 || missing+=(python3-venv)
+# The fleet-wide budget's tests start private redis-server processes (never the machine's).
+command -v redis-server >/dev/null 2>&1 || [ -x /usr/bin/redis-server ] || missing+=(redis-server)
 
 # `ensure-system-deps.sh bench`: also the HTTP load generator for the web benchmark and
 # valgrind for the cold-cache counts.

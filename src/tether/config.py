@@ -43,6 +43,11 @@ class PoolOptions(TypedDict, total=False):
     query_timeout: float | None
     maintenance_interval: float
     name: str | None
+    budget: Any
+    budget_key: str | None
+    budget_cap: int | None
+    budget_reserve: int
+    budget_ttl: float
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,17 @@ class PoolConfig:
     maintenance_interval: float = 1.0
     #: The pool's name in logs, errors and stats.
     name: str | None = None
+    #: A fleet-wide connection budget: a ``redis://`` / ``rediss://`` URL (or a
+    #: :class:`tether.budget.Store`); every open connection then holds one of its leases.
+    budget: Any = None
+    #: Which budget: pools with the same key share one (default ``user@host:port``).
+    budget_key: str | None = None
+    #: The fleet's cap; default: the account's binding limit read from the server.
+    budget_cap: int | None = None
+    #: Left out of the cap read from the server (admin sessions, other tools).
+    budget_reserve: int = 0
+    #: A process that stops renewing (killed, host gone) loses its leases after this long.
+    budget_ttl: float = 10.0
 
     def __post_init__(self) -> None:
         _check_int("max_size", self.max_size, minimum=1)
@@ -124,6 +140,7 @@ class PoolConfig:
                 "evict_on_read_only must be 'connection' or 'pool',"
                 f" not {self.evict_on_read_only!r}"
             )
+        _check_budget(self)
         if self.name is not None and not isinstance(self.name, str):
             raise ValueError(f"name must be a string, not {self.name!r}")
         # Normalised copies: the frozen config never shares a caller's mutable object.
@@ -173,6 +190,25 @@ def lifetimes_under(config: PoolConfig, wait_timeout: float | None) -> Lifetimes
 
     keepalive = None if config.keepalive is None else max(0.25, min(config.keepalive, limit / 2))
     return Lifetimes(under(config.max_lifetime), under(config.idle_timeout), keepalive, limit)
+
+
+def _check_budget(config: PoolConfig) -> None:
+    budget = config.budget
+    if budget is not None and not isinstance(budget, str) and not hasattr(budget, "acquire"):
+        raise ValueError(f"budget must be a redis:// URL or a budget store, not {budget!r}")
+    if config.budget_key is not None and (
+        not isinstance(config.budget_key, str) or not config.budget_key
+    ):
+        raise ValueError(f"budget_key must be a non-empty string, not {config.budget_key!r}")
+    if config.budget_cap is not None:
+        _check_int("budget_cap", config.budget_cap, minimum=1)
+    _check_int("budget_reserve", config.budget_reserve, minimum=0)
+    _check_seconds("budget_ttl", config.budget_ttl, positive=True)
+    if budget is not None and config.budget_ttl < 2 * config.maintenance_interval:
+        raise ValueError(
+            f"budget_ttl ({config.budget_ttl}s) must be at least twice maintenance_interval"
+            f" ({config.maintenance_interval}s): leases are renewed by maintenance"
+        )
 
 
 def _check_int(option: str, value: object, *, minimum: int) -> None:

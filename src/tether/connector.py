@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Lifetimes, PoolConfig, lifetimes_under
 from .cursor import cursor_class
@@ -19,12 +20,52 @@ from .drivers import Driver, DriverBase
 from .drivers.sockets import poller, tune_socket
 from .dsn import DSN
 from .entry import Entry
+from .errors import driver_error
 from .policy import Cleanup, expiry
 from .statements import server_milliseconds, server_seconds
 
-__all__ = ["Connector", "ConnectorBase", "ServerLimits"]
+if TYPE_CHECKING:
+    from .budget import Gate
+
+__all__ = ["ACCOUNT_LIMIT_QUERY", "Connector", "ConnectorBase", "ServerLimits"]
+
+#: The account's own connection limit, where the account may read it.
+ACCOUNT_LIMIT_QUERY = (
+    "SELECT max_user_connections FROM mysql.user WHERE CONCAT(User, '@', Host) = CURRENT_USER()"
+)
 
 logger = logging.getLogger("tether")
+
+#: How long a close waits for the server to end the session before its budget lease is
+#: freed (the server counts a session until it has processed the ``QUIT``; a healthy one
+#: does so in well under a millisecond, a dead one has closed its end already).
+SESSION_END_WAIT = 0.2
+
+
+def watch_session(fd: int) -> socket.socket | None:
+    """A second handle on a connection's socket, taken just before it is closed, to see the
+    server end the session (see :func:`session_ended`)."""
+    try:
+        return socket.socket(fileno=os.dup(fd)) if fd >= 0 else None
+    except OSError:
+        return None
+
+
+def session_ended(watch: socket.socket | None, timeout: float = SESSION_END_WAIT) -> None:
+    """Wait (at most ``timeout`` seconds) until the server has closed its end of a connection
+    whose client end was just closed: ``watch`` is a second handle on that socket."""
+    if watch is None:
+        return
+    deadline = time.monotonic() + timeout
+    try:
+        while (left := deadline - time.monotonic()) > 0:
+            watch.settimeout(left)
+            if not watch.recv(4096):
+                break  # the server closed the session
+    except OSError:
+        pass  # reset, timed out: either way, waited enough
+    finally:
+        watch.close()
 
 
 class ServerLimits:
@@ -74,6 +115,40 @@ class ConnectorBase:
         self.server: ServerLimits | None = None
         self.lifetimes: Lifetimes = lifetimes_under(config, None)
         self._driver_base = driver
+        #: A fleet-wide budget's gate: a lease before each connect, settled after the close.
+        self.gate: Gate | None = None
+        if config.budget is not None:
+            from .budget import make_gate
+
+            self.gate = make_gate(config.budget, dsn=dsn, name=name, config=config)
+
+    def _take_lease(self) -> Any:
+        """A lease of the fleet's budget for one connect (``None`` without a budget); none
+        free is refused like the server's own cap (1226): waited out, not raised."""
+        gate = self.gate
+        if gate is None:
+            return None
+        token = gate.take()
+        if token is None:
+            from .budget import BudgetFull
+
+            error = self._driver_base.OperationalError
+            raise driver_error(BudgetFull, error, 1226, f"{self.name}: {gate.describe()}")
+        return token
+
+    def _settle_lease(self, entry: Entry) -> None:
+        token, entry.budget = entry.budget, None
+        if token is not None and self.gate is not None:
+            self.gate.settle(token)
+
+    def _learn_cap(self, account_limit: int | None) -> None:
+        """The budget's cap from the server's limits (read on the first connect)."""
+        if self.gate is not None and self.server is not None:
+            self.gate.learn(
+                max_connections=self.server.max_connections,
+                session_user_limit=self.server.max_user_connections,
+                account_limit=account_limit,
+            )
 
     def _session_settings(self, raw: Any) -> str:
         """The session variables tether relies on, as one ``SET`` list."""
@@ -132,7 +207,17 @@ class Connector(ConnectorBase):
     # ------------------------------------------------------------------ opening
 
     def open(self, deadline: float) -> Entry:
-        """A new connection, its session set up, within ``deadline`` (monotonic)."""
+        """A new connection, its session set up, within ``deadline`` (monotonic); with a
+        budget, only with a lease, which the connection then holds."""
+        token = self._take_lease()
+        try:
+            return self._open(deadline, token)
+        except BaseException:
+            if token is not None and self.gate is not None:
+                self.gate.settle(token)
+            raise
+
+    def _open(self, deadline: float, token: Any) -> Entry:
         config, driver = self.config, self.driver
         remaining = deadline - time.monotonic()
         raw = driver.connect(
@@ -147,9 +232,11 @@ class Connector(ConnectorBase):
             self._set_up(raw)
             if self.server is None:
                 self._adopt(ServerLimits(driver.execute(raw, ServerLimits.QUERY)[0]))
+                if self.gate is not None:
+                    self._learn_cap(self._account_limit(raw))
             now = time.monotonic()
             base = type(raw.cursor())
-            return Entry(
+            entry = Entry(
                 raw,
                 status=driver.status_reader(raw),
                 fd=fd,
@@ -161,9 +248,19 @@ class Connector(ConnectorBase):
                 cursor_class=cursor_class(base, driver.is_unbuffered(base)),
                 baseline=driver.session_baseline(raw, self.dsn, self.config.connect_args),
             )
+            entry.budget = token
+            return entry
         except BaseException:
             driver.close(raw)
             raise
+
+    def _account_limit(self, raw: Any) -> int | None:
+        """The account's own ``MAX_USER_CONNECTIONS``, if it may read ``mysql.user``."""
+        try:
+            rows = self.driver.execute(raw, ACCOUNT_LIMIT_QUERY)
+        except self.driver.Error:
+            return None
+        return int(rows[0][0]) if rows else None
 
     def _set_up(self, raw: Any) -> None:
         """Per-session set-up: ask the server to flag every change of session state
@@ -238,13 +335,19 @@ class Connector(ConnectorBase):
         without a byte on its socket in any other (a forked child). Idempotent: closed
         first, forgotten after, so a close cut short is finished by the next."""
         raw = entry.raw
-        if raw is None:
-            return
-        if entry.pid == os.getpid():
-            self.driver.close(raw)
-        else:
-            self.driver.abandon(raw)
-        entry.raw = None
+        if raw is not None:
+            watch = None
+            if entry.pid == os.getpid():
+                # With a lease: freed once the server has ended the session, not before.
+                if entry.budget is not None:
+                    watch = watch_session(self.driver.fileno(raw))
+                self.driver.close(raw)
+            else:
+                self.driver.abandon(raw)
+            entry.raw = None
+            session_ended(watch)
+        if entry.budget is not None:
+            self._settle_lease(entry)
 
     def abandon(self, entry: Entry) -> None:
         """Drop ``entry``'s connection without a byte on its socket."""

@@ -110,6 +110,7 @@ class Entry:
     __slots__ = (
         "baseline",
         "broken",
+        "budget",
         "created",
         "cursor_class",
         "dirty",
@@ -187,6 +188,8 @@ class Entry:
         #: The statements that restore what the driver set up at connect (character set,
         #: sql_mode, init_command), run after a protocol reset.
         self.baseline = baseline
+        #: Its lease in a fleet-wide budget (:mod:`tether.budget`), settled when it closes.
+        self.budget: Any = None
 
     def __repr__(self) -> str:
         state = "closed" if self.raw is None else "idle" if self.holder is None else "in use"

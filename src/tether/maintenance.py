@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .classify import ErrorKind, classify
 from .config import PoolConfig
@@ -27,6 +27,9 @@ from .drivers.sockets import break_socket, readable
 from .entry import Entry, Lease, Round
 from .selection import alive_threads
 from .watchdog import probe_sessions
+
+if TYPE_CHECKING:
+    from .budget.upkeep import Upkeep
 
 __all__ = ["Housekeeper"]
 
@@ -50,6 +53,12 @@ class Housekeeper:
         self._spawn_lock = threading.Lock()
         self._threads: dict[str, threading.Thread] = {}
         self._running = False
+        #: A fleet-wide budget's renewals and give-backs (see :mod:`tether.budget`).
+        self.budget: Upkeep | None = None
+        if self.connector.gate is not None:
+            from .budget.upkeep import Upkeep
+
+            self.budget = Upkeep(custody, self.connector.gate, config.min_size)
 
     # ------------------------------------------------------------------ threads
 
@@ -102,6 +111,8 @@ class Housekeeper:
         for thread in list(self._threads.values()):
             if thread is not threading.current_thread():
                 thread.join(timeout)
+        if self.budget is not None:
+            self.budget.stop()
 
     def _orphaned(self) -> None:
         """The pool was garbage-collected without being closed: close what is idle."""
@@ -179,6 +190,8 @@ class Housekeeper:
                 break  # backing off: the slots left are given back below
         # What is still held or reserved: the slots of refills not attempted.
         self.custody.give_up(work, "maintenance interrupted")
+        if self.budget is not None:
+            self.budget.run()
 
     def _keepalive(self, entry: Entry) -> None:
         try:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar, Unpack
 
 from . import lifecycle
+from .budget.gate import BudgetFull
 from .classify import ErrorKind, classify
 from .config import Lifetimes, PoolConfig, PoolOptions, check_timeout
 from .connection import PooledConnection
@@ -372,7 +373,9 @@ class Pool:
                 )
             if kind not in _WAIT_OUT:
                 raise
-            logger.warning(
+            # A full fleet budget is the budget working: not worth a warning per attempt.
+            logger.log(
+                logging.DEBUG if isinstance(exc, BudgetFull) else logging.WARNING,
                 "%s: connect failed (%s), backing off %.2fs",
                 self._name,
                 _describe(exc),

@@ -63,6 +63,9 @@ class PoolState:
         self.last_connect_errno: int | None = None
         self.counters = Counters()
         self.closed_by: dict[str, int] = {}
+        #: Connections above this process's share of a fleet-wide budget, while other
+        #: processes wait: that many give-backs close their connection (set by maintenance).
+        self.surplus = 0
 
     # ------------------------------------------------------------------ gauges
 
@@ -198,6 +201,9 @@ class PoolState:
             return "max lifetime reached"
         if entry.raw is None:
             return "connection lost"
+        if self.surplus > 0:
+            self.surplus -= 1
+            return "over its share of the fleet's budget"
         entry.returned_at = now
         if self.waiters:
             waiter = self.waiters[0]

@@ -3,7 +3,9 @@
 Each scenario is a path through the pool: check-out (trusted, polled, pinged, opened, replaced,
 waited for, timed out, backed off), statements, fetches, give-backs that clean, replays,
 transactions, a lost transaction, takeovers, garbage-collected connections, maintenance,
-close. It runs once to count its points (every line and call in tether's code and the fake
+close; and the paths of a fleet-wide budget (a lease taken before each connect, settled after
+each close, renewed by maintenance, over an in-memory store), where no lease may leak or be
+freed twice. It runs once to count its points (every line and call in tether's code and the fake
 driver's), then once per point with an exception raised there: ``Interrupt`` (like Ctrl-C,
 not an ``Exception``) and ``AlarmError`` (an ``Exception`` a signal handler raises, not the
 driver's). After each run:
@@ -32,6 +34,7 @@ from tether import policy
 from tether.entry import Entry
 from tether.policy import Backoff
 
+from .budgetfake import MemoryStore
 from .fakedriver import FakeDriver, FakeOperationalError
 from .injection import AlarmError, Interrupt, inject_at, trace_points
 
@@ -271,6 +274,52 @@ SCENARIOS = [
 ]
 
 
+class StingyStore(MemoryStore):
+    """Refuses the next ``deny`` leases, as a full budget would."""
+
+    deny = 0
+
+    def acquire(self, holder: str, **kwargs: Any) -> Any:
+        if self.deny > 0:
+            self.deny -= 1
+            return False, super().renew(
+                holder,
+                held=self.held.get(holder, 0),
+                **{k: v for k, v in kwargs.items() if k in ("waiting", "cap", "ttl", "info")},
+            )
+        return super().acquire(holder, **kwargs)
+
+
+def store_of(pool: tether.Pool) -> StingyStore:
+    gate = pool._connector.gate
+    assert gate is not None
+    return gate.store  # type: ignore[return-value]
+
+
+def budget_full_once(pool: tether.Pool, fake: FakeDriver) -> None:
+    store_of(pool).deny = 1
+    pool._state.backoff = FixedBackoff()
+
+
+def over_share(pool: tether.Pool, fake: FakeDriver) -> None:
+    warm(pool, fake)
+    pool._state.surplus = 1
+
+
+def wanted_elsewhere(pool: tether.Pool, fake: FakeDriver) -> StingyStore:
+    """Two idle connections, the whole cap held, and another process waiting for two."""
+    two_idle(pool, fake)
+    store = store_of(pool)
+    store.held["elsewhere"] = 0
+    store.expiry["elsewhere"] = time.monotonic() + 3600
+    store.waiting["elsewhere"] = 2
+    return store
+
+
+def served_elsewhere(store: StingyStore) -> None:
+    store.waiting.pop("elsewhere")
+
+
 def make_pool(flavour: type[tether.Pool], fake: FakeDriver, scenario: Scenario) -> tether.Pool:
     options: dict[str, Any] = {
         "driver": fake,
@@ -280,6 +329,10 @@ def make_pool(flavour: type[tether.Pool], fake: FakeDriver, scenario: Scenario) 
         "maintenance_interval": 3600,  # rounds run only where a scenario runs one
     }
     options.update(scenario.options or {})
+    if options.get("budget"):
+        options["budget"] = StingyStore()
+        options["budget_cap"] = options["max_size"]
+        options["budget_ttl"] = 7200.0
     return flavour(DSN, **options)
 
 
@@ -299,6 +352,37 @@ def check_consistent(pool: tether.Pool, fake: FakeDriver) -> None:
         assert state.size <= pool.config.max_size
     live = [conn for conn in fake.connections if not conn.closed]
     assert len(live) == len(state.entries), "a server connection is open the pool forgot"
+
+
+def check_budget_before_renewal(pool: tether.Pool) -> None:
+    """Whatever was interrupted, the store never counts fewer leases than the connections
+    open (a lease freed twice, or freed before its connection closed, would show here)."""
+    gate = pool._connector.gate
+    if gate is None:
+        return
+    gc.collect()
+    store = store_of(pool)
+    assert store.held.get(gate.holder, 0) >= len(pool._state.entries), "a lease freed early"
+    assert gate.held >= len(pool._state.entries), "a connection open without its lease"
+
+
+def check_budget(pool: tether.Pool) -> None:
+    """After the renewal (check_consistent runs a maintenance round): one lease per open
+    connection, in the gate and in the store; nothing leaked."""
+    gate = pool._connector.gate
+    if gate is None:
+        return
+    gc.collect()
+    store = store_of(pool)
+    entries = pool._state.entries
+    assert all(entry.budget is not None for entry in entries), "a connection without a lease"
+    assert gate.held == len(entries), f"{gate.held} leases held for {len(entries)} connections"
+    if pool.closed:
+        # No renewal any more: what an interrupted close left in the store lapses.
+        assert store.expiry.get(gate.holder, 0) <= time.monotonic() + pool.config.budget_ttl
+    else:
+        assert store.held.get(gate.holder, 0) == len(entries), "the store disagrees after renewal"
+    assert store.total <= store.cap
 
 
 def check_serves(pool: tether.Pool) -> None:
@@ -358,9 +442,12 @@ def _run_scenario(
                 assert escaped is None, f"{escaped} escaped without an injection"
         if scenario.after:
             scenario.after(ctx)
+        check_budget_before_renewal(pool)
         check_consistent(pool, fake)
+        check_budget(pool)
         check_serves(pool)
         check_consistent(pool, fake)
+        check_budget(pool)
         return points, fired
     finally:
         pool.close()
@@ -368,6 +455,28 @@ def _run_scenario(
 
 
 FLAVOURS = [tether.Pool, tether.ThreadLocalPool]
+
+BUDGET = {"budget": True}
+
+# The paths that take, settle or renew a lease of a fleet-wide budget (an in-memory store with
+# the Redis store's semantics).
+BUDGET_SCENARIOS = [
+    Scenario("budget: opened", checkout_query, None, BUDGET),
+    Scenario("budget: dead one replaced", checkout_query, dead, {**BUDGET, "ping_after": 10_000}),
+    Scenario("budget: waited for", checkout_only, held_elsewhere, {**BUDGET, "max_size": 1}, join),
+    Scenario(
+        "budget: no lease, waited out", checkout_query, budget_full_once, BUDGET, clocked=True
+    ),
+    Scenario("budget: over its share, closed at give-back", checkout_query, over_share, BUDGET),
+    Scenario(
+        "budget: idle closed for another process",
+        maintain,
+        wanted_elsewhere,
+        BUDGET,
+        served_elsewhere,
+    ),
+    Scenario("budget: close", close, two_idle, BUDGET),
+]
 
 
 @pytest.mark.slow
@@ -392,3 +501,10 @@ def test_an_exception_at_every_point_leaves_the_pool_consistent(
     # injection point, but never before it).
     assert not missed, f"points never reached: {missed}"
     print(f"{scenario.name} [{flavour.__name__}, {error.__name__}]: {total} points")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scenario", BUDGET_SCENARIOS, ids=[s.name for s in BUDGET_SCENARIOS])
+def test_an_exception_at_every_point_leaks_no_budget_lease(scenario: Scenario) -> None:
+    # Interrupt only: the budget's paths handle every exception alike (BaseException).
+    test_an_exception_at_every_point_leaves_the_pool_consistent(scenario, tether.Pool, Interrupt)

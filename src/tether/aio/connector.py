@@ -11,11 +11,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 import time
 from typing import Any
 
 from ..config import PoolConfig
-from ..connector import ConnectorBase, ServerLimits
+from ..connector import (
+    ACCOUNT_LIMIT_QUERY,
+    ConnectorBase,
+    ServerLimits,
+    session_ended,
+    watch_session,
+)
 from ..drivers.sockets import poller, tune_socket
 from ..dsn import DSN
 from ..entry import Entry
@@ -35,9 +42,22 @@ class AsyncConnector(ConnectorBase):
         self.driver = driver
         #: Kills of sessions whose call was cut short, under way.
         self._kills: set[asyncio.Task[None]] = set()
+        #: Budget leases being settled on worker threads.
+        self._settles: set[asyncio.Future[None]] = set()
 
     async def open(self, deadline: float) -> Entry:
-        """A new connection, its session set up, within ``deadline`` (monotonic)."""
+        """A new connection, its session set up, within ``deadline`` (monotonic); with a
+        budget, only with a lease (taken on a worker thread: the loop never waits on Redis),
+        which the connection then holds."""
+        token = None if self.gate is None else await asyncio.to_thread(self._take_lease)
+        try:
+            return await self._open(deadline, token)
+        except BaseException:
+            if token is not None and self.gate is not None:
+                self.gate.settle(token)
+            raise
+
+    async def _open(self, deadline: float, token: Any) -> Entry:
         config, driver = self.config, self.driver
         remaining = deadline - time.monotonic()
         raw = await driver.connect(
@@ -53,8 +73,10 @@ class AsyncConnector(ConnectorBase):
             if self.server is None:
                 row = (await driver.execute(raw, ServerLimits.QUERY))[0]
                 self._adopt(ServerLimits(row))
+                if self.gate is not None:
+                    self._learn_cap(await self._account_limit(raw))
             now = time.monotonic()
-            return Entry(
+            entry = Entry(
                 raw,
                 status=driver.status_reader(raw),
                 fd=fd,
@@ -66,6 +88,8 @@ class AsyncConnector(ConnectorBase):
                 cursor_class=driver.default_cursor(),
                 baseline=driver.session_baseline(raw, self.dsn, self.config.connect_args),
             )
+            entry.budget = token
+            return entry
         except BaseException:
             driver.close(raw)
             raise
@@ -137,26 +161,77 @@ class AsyncConnector(ConnectorBase):
         (a ``SLEEP``, a long report): the session is killed from a short-lived connection,
         on a task of the pool's own, so the caller's cancellation does not wait for it."""
         raw = entry.raw
-        if raw is None:
-            return
-        if entry.pid == os.getpid():
-            self.driver.close(raw)
-            if entry.in_flight:
-                self._kill_later(entry.session_id)
-        else:
-            self.driver.abandon(raw)
-        entry.raw = None
+        watch = None
+        if raw is not None:
+            token = None
+            if entry.pid == os.getpid():
+                if entry.budget is not None and not entry.in_flight:
+                    # The lease is freed once the server has ended the session.
+                    watch = watch_session(self.driver.fileno(raw))
+                self.driver.close(raw)
+                if entry.in_flight:
+                    # Its session may live on until killed: the lease goes with the kill.
+                    token, entry.budget = entry.budget, None
+                    self._kill_later(entry.session_id, token)
+            else:
+                self.driver.abandon(raw)
+            entry.raw = None
+        if entry.budget is not None:
+            token, entry.budget = entry.budget, None
+            self._settle_later(token, watch)
+        elif watch is not None:
+            watch.close()
 
-    def _kill_later(self, session_id: int) -> None:
+    def _settle_later(self, token: Any, watch: socket.socket | None = None) -> None:
+        """Settle a lease once the server has ended the session, without the loop waiting
+        on either: on a worker thread (at once where no loop runs, at exit)."""
+        gate = self.gate
+        if gate is None or token is None:
+            if watch is not None:
+                watch.close()
+            return
+
+        def settle() -> None:
+            session_ended(watch)
+            gate.settle(token)
+
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            return  # no loop (at exit): the server ends the session when the statement does
-        task = loop.create_task(self._kill(session_id), name=f"tether-kill-{session_id}")
+            if watch is not None:
+                watch.close()
+            gate.settle(token)
+            return
+        future = loop.run_in_executor(None, settle)
+        self._settles.add(future)
+        future.add_done_callback(self._settles.discard)
+
+    async def _account_limit(self, raw: Any) -> int | None:
+        """The account's own ``MAX_USER_CONNECTIONS``, if it may read ``mysql.user``."""
+        try:
+            rows = await self.driver.execute(raw, ACCOUNT_LIMIT_QUERY)
+        except self.driver.Error:
+            return None
+        return int(rows[0][0]) if rows else None
+
+    def _kill_later(self, session_id: int, token: Any = None) -> None:
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            # No loop (at exit): the server ends the session when the statement does.
+            self._settle_later(token)
+            return
+        task = loop.create_task(self._kill(session_id, token), name=f"tether-kill-{session_id}")
         self._kills.add(task)
         task.add_done_callback(self._kills.discard)
 
-    async def _kill(self, session_id: int) -> None:
+    async def _kill(self, session_id: int, token: Any = None) -> None:
+        try:
+            await self._kill_session(session_id)
+        finally:
+            self._settle_later(token)
+
+    async def _kill_session(self, session_id: int) -> None:
         driver = self.driver
         timeout = min(self.config.connect_timeout, 5.0)
         try:
@@ -182,6 +257,8 @@ class AsyncConnector(ConnectorBase):
         """Wait (at most ``timeout`` seconds) for the kills under way."""
         if self._kills:
             await asyncio.wait(list(self._kills), timeout=timeout)
+        if self._settles:
+            await asyncio.wait(list(self._settles), timeout=timeout)
 
     def abandon(self, entry: Entry) -> None:
         """Drop ``entry``'s connection without a byte on its socket."""

@@ -22,6 +22,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from ..budget.upkeep import upkeep_async
 from ..classify import ErrorKind, classify
 from ..config import PoolConfig
 from ..drivers.sockets import break_socket, readable
@@ -93,6 +94,8 @@ class AsyncHousekeeper:
         waiting = [t for t in tasks if t is not current]
         if waiting:
             await asyncio.wait(waiting, timeout=timeout)
+        if self.connector.gate is not None:
+            await asyncio.to_thread(self.connector.gate.leave)
 
     def forget(self) -> None:
         """In a forked child: the tasks are the parent's loop's; drop them untouched."""
@@ -177,6 +180,9 @@ class AsyncHousekeeper:
             if not await self._refill(lease):
                 break  # backing off: the slots left are given back below
         self._give_up(work)  # what is still held or reserved: slots of failed refills
+        gate = self.connector.gate
+        if gate is not None:  # a fleet-wide budget: renew, give back what others wait for
+            await upkeep_async(state, gate, config.min_size, work, self._retire)
 
     async def _keepalive(self, entry: Entry) -> None:
         try:

@@ -32,6 +32,7 @@ from collections.abc import Awaitable, Callable, Generator
 from typing import Any, TypeVar, Unpack
 
 from .. import lifecycle
+from ..budget.gate import BudgetFull
 from ..classify import ErrorKind, classify
 from ..config import Lifetimes, PoolConfig, PoolOptions, check_timeout
 from ..connector import ServerLimits
@@ -401,7 +402,9 @@ class AsyncPool:
             )
             if kind not in _WAIT_OUT:
                 raise
-            logger.warning(
+            # A full fleet budget is the budget working: not worth a warning per attempt.
+            logger.log(
+                logging.DEBUG if isinstance(exc, BudgetFull) else logging.WARNING,
                 "%s: connect failed (%s), backing off %.2fs",
                 self._name,
                 _describe(exc),

@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..budget.report import BudgetReport
 from ..dsn import DSN, parse_dsn
 from ..errors import DSNError
 from ..inspect import ABORTED_HELP, Advice, ServerReport, Usage, advise, inspect_server
@@ -229,6 +230,18 @@ def _lines(
     show_default=True,
     help="Seconds to wait for the server.",
 )
+@click.option(
+    "--budget",
+    "budget_url",
+    metavar="URL",
+    default=None,
+    help="Also show the fleet-wide budget kept in this Redis (redis://, rediss://).",
+)
+@click.option(
+    "--budget-key",
+    default=None,
+    help="The budget's key.  [default: user@host:port of the DSN, as the pools use]",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object, for scripts.")
 def doctor(
     dsn: str | None,
@@ -237,6 +250,8 @@ def doctor(
     threads: int,
     request_timeout: float,
     connect_timeout: float,
+    budget_url: str | None,
+    budget_key: str | None,
     as_json: bool,
 ) -> None:
     """Explain a server's limits and who uses its connections.
@@ -260,7 +275,68 @@ def doctor(
         request_timeout=request_timeout,
         driver=report.driver,
     )
+    budget = None if budget_url is None else _read_budget(budget_url, budget_key, parsed)
     if as_json:
-        click.echo(json.dumps({**report.as_dict(), "advice": advice.as_dict()}, indent=2))
+        extra = {} if budget is None else {"budget": budget.as_dict()}
+        click.echo(json.dumps({**report.as_dict(), "advice": advice.as_dict(), **extra}, indent=2))
         return
-    render(report, advice, Console(highlight=False))
+    console = Console(highlight=False)
+    render(report, advice, console)
+    if budget is not None:
+        render_budget(budget, console)
+
+
+def _read_budget(url: str, key: str | None, dsn: DSN) -> BudgetReport:
+    """The budget's state, read from its store; a failure is one line, never the password."""
+    from ..budget import RedisStore, default_key, redact_url
+    from ..budget.report import budget_report
+
+    try:
+        store = RedisStore(url, key or default_key(dsn))
+    except (ImportError, ValueError) as exc:
+        _fail(str(exc), dsn)
+    try:
+        status = store.status()
+    except store.errors as exc:
+        _fail(f"cannot read the budget at {redact_url(url)}: {type(exc).__name__}", dsn)
+    finally:
+        store.close()
+    return budget_report(status, store.url)
+
+
+def render_budget(budget: BudgetReport, console: Console) -> None:
+    """The fleet-wide budget: cap, leases by host and by process, idle ones, waiting."""
+    console.print()
+    console.print(Text.assemble(("Fleet budget ", "bold"), f"{budget.key!r} in {budget.store}"))
+    cap = str(budget.cap) if budget.cap else "not known yet"
+    _lines(
+        console,
+        [
+            f"cap {cap}; {budget.total} leases held, {budget.idle} of them on idle connections;"
+            f" {budget.demand} check-outs waiting for a lease",
+        ],
+        bullet="-",
+    )
+    hosts = Table(title="Leases by host", title_justify="left", title_style="bold")
+    for column in ("host", "processes", "leases", "idle"):
+        hosts.add_column(column, justify="left" if column == "host" else "right")
+    for host, count, held, idle in budget.by_host():
+        hosts.add_row(Text(host), str(count), str(held), str(idle))
+    if not budget.holders:
+        hosts.add_row("(no pool holds a lease)", "0", "0", "0")
+    console.print(hosts)
+    if budget.holders:
+        procs = Table(title="Leases by process", title_justify="left", title_style="bold")
+        for column in ("host", "pid", "pool", "leases", "idle", "waiting", "expires in (s)"):
+            procs.add_column(column, justify="left" if column in ("host", "pool") else "right")
+        for row in budget.holders:
+            procs.add_row(
+                Text(row.host),
+                str(row.pid),
+                Text(row.pool),
+                str(row.held),
+                str(row.idle),
+                str(row.waiting),
+                f"{row.expires_in:g}",
+            )
+        console.print(procs)

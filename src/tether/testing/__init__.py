@@ -1,6 +1,7 @@
-"""Test helpers: a throwaway private MariaDB, a fault-injecting TCP proxy, and a plain
-connect for either driver. Used by tether's own tests, benchmarks and demo; usable in yours
-(``pytest -p tether.testing.pytest_plugin`` gives the fixtures).
+"""Test helpers: a throwaway private MariaDB (and Redis, for a fleet-wide budget), a
+fault-injecting TCP proxy, and a plain connect for either driver. Used by tether's own tests,
+benchmarks and demo; usable in yours (``pytest -p tether.testing.pytest_plugin`` gives the
+fixtures).
 
 Needs PyMySQL (the admin connection uses it) and Debian's ``mariadb-server`` binaries.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 from typing import Any, overload
 
 from .proxy import FaultProxy
+from .redis import RedisServer
 from .server import MariaDBServer, ServerError, find_binary
 
 __all__ = [
@@ -17,6 +19,7 @@ __all__ = [
     "DRIVERS",
     "FaultProxy",
     "MariaDBServer",
+    "RedisServer",
     "ServerError",
     "connect_raw",
     "error_code",

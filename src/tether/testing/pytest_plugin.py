@@ -7,6 +7,9 @@
   server a test may hurt (restart, SIGKILL, tiny limits); all are stopped at teardown.
 - ``fault_proxy``: ``make(server)`` gives a started :class:`FaultProxy` in front of it,
   closed at teardown.
+- ``redis_factory``: ``make(password=None)`` gives a started private ``redis-server`` (for a
+  fleet-wide budget, :mod:`tether.budget`) on a free port; all are stopped at teardown.
+  ``redis_server``: one of them.
 - ``driver``: each test runs once per driver, ``"pymysql"`` and ``"mysqlclient"`` (skipped
   when the driver is not installed).
 
@@ -23,9 +26,18 @@ import pytest
 
 from . import DRIVERS
 from .proxy import FaultProxy
+from .redis import RedisServer
 from .server import MariaDBServer
 
-__all__ = ["db", "driver", "fault_proxy", "mariadb", "mariadb_factory"]
+__all__ = [
+    "db",
+    "driver",
+    "fault_proxy",
+    "mariadb",
+    "mariadb_factory",
+    "redis_factory",
+    "redis_server",
+]
 
 _DRIVER_MODULES = {"pymysql": "pymysql", "mysqlclient": "MySQLdb"}
 
@@ -103,6 +115,29 @@ def fault_proxy() -> Iterator[Callable[..., FaultProxy]]:
     yield make
     for proxy in proxies:
         proxy.close()
+
+
+@pytest.fixture
+def redis_factory() -> Iterator[Callable[..., RedisServer]]:
+    """``make(password=None)``: a started private ``redis-server`` (no persistence: a
+    restart loses every key); all are stopped at teardown. Never the machine's Redis."""
+    servers: list[RedisServer] = []
+
+    def make(password: str | None = None) -> RedisServer:
+        server = RedisServer(password=password)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_factory: Callable[..., RedisServer]) -> RedisServer:
+    """A private ``redis-server`` for one test."""
+    return redis_factory()
 
 
 @pytest.fixture(params=DRIVERS, ids=DRIVERS)
