@@ -43,6 +43,11 @@ EXPECTED_DEFAULTS: dict[str, Any] = {
     "query_timeout": None,
     "maintenance_interval": 1.0,
     "name": None,
+    "budget": None,  # no fleet-wide budget unless asked for
+    "budget_key": None,
+    "budget_cap": None,
+    "budget_reserve": 0,
+    "budget_ttl": 10.0,
 }
 
 
