@@ -15,8 +15,9 @@ import pymysql
 import pytest
 from click.testing import CliRunner, Result
 
+from tether.advice import Limits, advise, lifetimes, reserve_for
 from tether.cli import main
-from tether.inspect import Limits, advise, lifetimes, read_report, reserve_for
+from tether.inspect import read_report
 from tether.testing import FaultProxy, MariaDBServer
 
 TETHER = Path(sys.executable).with_name("tether")

@@ -16,10 +16,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from ..advice import Advice, advise
 from ..budget.report import BudgetReport
 from ..dsn import DSN, parse_dsn
 from ..errors import DSNError
-from ..inspect import ABORTED_HELP, Advice, ServerReport, Usage, advise, inspect_server
+from ..inspect import ABORTED_HELP, ServerReport, Usage, inspect_server
 
 EXIT_ERROR = 2
 
