@@ -45,7 +45,7 @@ from .policy import Check, Cleanup, Rules
 from .selection import Selection, Shared
 from .state import PoolState, Step
 from .statements import with_statement_timeout
-from .stats import Counters, PoolStats, percentiles, samples
+from .stats import PoolStats, samples
 from .transactions import run_transaction, transaction
 
 __all__ = ["Pool"]
@@ -176,23 +176,11 @@ class Pool:
         """A snapshot of counters, gauges and wait/hold time percentiles."""
         server = self._connector.server
         with self._lock:
-            state = self._state
-            error = state.last_connect_error
-            return PoolStats(
+            return self._state.snapshot(
                 name=self._name,
-                max_size=self._config.max_size,
-                min_size=self._config.min_size,
-                size=state.size,
-                idle=len(state.idle),
-                in_use=state.in_use,
-                waiting=len(state.waiters),
-                opening=len(state.opening),
-                counters=Counters(**state.counters.as_dict()),
-                closed_by_reason=dict(state.closed_by),
-                wait_time=percentiles(list(self._wait_times)),
-                hold_time=percentiles(list(self._hold_times)),
+                wait_times=self._wait_times,
+                hold_times=self._hold_times,
                 server=server.as_dict() if server else {},
-                last_connect_error=error,
             )
 
     def close(self, timeout: float = 5.0) -> None:

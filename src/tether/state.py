@@ -20,12 +20,13 @@ from __future__ import annotations
 
 import enum
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from .entry import Entry, Lease
 from .policy import Backoff
 from .selection import RECLAIMED, Selection
-from .stats import Counters
+from .stats import Counters, PoolStats, percentiles
 
 __all__ = ["PoolState", "Step"]
 
@@ -332,10 +333,10 @@ class PoolState:
                 leaks.append(entry)
         return leaks
 
-    def report(self, now: float) -> str:
+    def report(self, now: float, holder: str = "thread") -> str:
         """What a check-out that timed out is told: the gauges, the last connect error, and
-        who holds the connections (the longest held first): thread, for how long, where
-        acquired."""
+        who holds the connections (the longest held first): the ``holder`` (a thread, a
+        task), for how long, where acquired."""
         lines = [
             f"size {self.size}/{self.max_size}, in use {self.in_use}, idle {len(self.idle)},"
             f" waiting {len(self.waiters)}"
@@ -351,11 +352,38 @@ class PoolState:
             for lease in holders[:10]:
                 name = lease.thread.name if lease.thread is not None else "?"
                 lines.append(
-                    f"  thread {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
+                    f"  {holder} {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
                 )
             if len(holders) > 10:
                 lines.append(f"  ... and {len(holders) - 10} more")
         return "\n".join(lines)
+
+    def snapshot(
+        self,
+        *,
+        name: str,
+        wait_times: Iterable[float],
+        hold_times: Iterable[float],
+        server: dict[str, Any],
+    ) -> PoolStats:
+        """The pool's stats: these gauges and counters (copied), the wait and hold times'
+        percentiles, what the server said of its limits."""
+        return PoolStats(
+            name=name,
+            max_size=self.max_size,
+            min_size=self.min_size,
+            size=self.size,
+            idle=len(self.idle),
+            in_use=self.in_use,
+            waiting=len(self.waiters),
+            opening=len(self.opening),
+            counters=Counters(**self.counters.as_dict()),
+            closed_by_reason=dict(self.closed_by),
+            wait_time=percentiles(list(wait_times)),
+            hold_time=percentiles(list(hold_times)),
+            server=server,
+            last_connect_error=self.last_connect_error,
+        )
 
     # ------------------------------------------------------------------ the whole pool
 

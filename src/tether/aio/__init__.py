@@ -4,7 +4,8 @@ cancellation, on asyncmy or aiomysql (``pip install 'tether[asyncmy]'`` or
 
 from __future__ import annotations
 
+from .checkout import Checkout
 from .connection import AsyncConnection, AsyncCursor
-from .pool import AsyncPool, Checkout
+from .pool import AsyncPool
 
 __all__ = ["AsyncConnection", "AsyncCursor", "AsyncPool", "Checkout"]

@@ -28,7 +28,8 @@ import sys
 import time
 import traceback
 import weakref
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, TypeVar, Unpack
 
 from .. import lifecycle
@@ -38,13 +39,14 @@ from ..config import Lifetimes, PoolConfig, PoolOptions, check_timeout
 from ..connector import ServerLimits
 from ..drivers.sockets import readable
 from ..dsn import DSN, parse_dsn
-from ..entry import Entry, Lease, Round, Wake
+from ..entry import Entry, Lease, Round
 from ..errors import PoolClosed, PoolTimeout, driver_error
 from ..policy import Check, Cleanup, Rules
 from ..selection import Shared
 from ..state import PoolState, Step
 from ..statements import with_statement_timeout
-from ..stats import Counters, PoolStats, percentiles, samples
+from ..stats import PoolStats, samples
+from .checkout import Checkout, TaskBorrower, expire, prepare_to_wait
 from .connection import AsyncConnection
 from .connector import AsyncConnector
 from .drivers import AsyncDriver, resolve_async_driver
@@ -61,20 +63,6 @@ T = TypeVar("T")
 _WAIT_OUT = (ErrorKind.CAPACITY, ErrorKind.DISCONNECT)
 
 _pool_counter = itertools.count(1)
-
-
-class TaskBorrower:
-    """Who a check-out is for: the task, named in messages (a :class:`tether.entry.Borrower`)."""
-
-    __slots__ = ("ident", "task")
-
-    def __init__(self, task: asyncio.Task[Any] | None) -> None:
-        self.task = task
-        self.ident = id(task) if task is not None else id(self)
-
-    @property
-    def name(self) -> str:
-        return self.task.get_name() if self.task is not None else "?"
 
 
 class AsyncPool:
@@ -167,7 +155,7 @@ class AsyncPool:
             origin: Any = (caller.f_code, caller.f_lasti)
         else:
             origin = traceback.extract_stack(caller, limit=12)
-        return Checkout(self, wait, origin)
+        return Checkout(partial(self._checkout, wait, origin))
 
     async def _checkout(self, wait: float, origin: Any) -> AsyncConnection:
         loop = self._bind()
@@ -209,22 +197,11 @@ class AsyncPool:
     def stats(self) -> PoolStats:
         """A snapshot of counters, gauges and wait/hold time percentiles."""
         server = self._connector.server
-        state = self._state
-        return PoolStats(
+        return self._state.snapshot(
             name=self._name,
-            max_size=self._config.max_size,
-            min_size=self._config.min_size,
-            size=state.size,
-            idle=len(state.idle),
-            in_use=state.in_use,
-            waiting=len(state.waiters),
-            opening=len(state.opening),
-            counters=Counters(**state.counters.as_dict()),
-            closed_by_reason=dict(state.closed_by),
-            wait_time=percentiles(list(self._wait_times)),
-            hold_time=percentiles(list(self._hold_times)),
+            wait_times=self._wait_times,
+            hold_times=self._hold_times,
             server=server.as_dict() if server else {},
-            last_connect_error=state.last_connect_error,
         )
 
     async def close(self, timeout: float = 5.0) -> None:
@@ -301,19 +278,20 @@ class AsyncPool:
         opened where the bound allows, else an idle one is pinged even if it would be trusted
         or polled (see :meth:`renew`)."""
         state = self._state
+        started = time.monotonic()  # for a timeout's message: the whole check-out's wait
         while True:
             step: Step | None = state.checkout(lease, None, time.monotonic(), fresh=verify)
             if step is Step.WAIT:
-                _prepare_to_wait(lease)
+                prepare_to_wait(lease)
                 self._take_back_collected()  # may free a slot for this very wait
-                step = await self._wait(lease, deadline)
+                step = await self._wait(lease, deadline, started)
             if step is Step.TAKE:
                 entry = lease.entry
                 assert entry is not None
                 if await self._usable(lease, entry, deadline, verify):
                     break
             elif step is Step.OPEN:
-                opened = await self._open(lease, deadline)
+                opened = await self._open(lease, deadline, started)
                 if opened is not None:
                     entry = opened
                     break
@@ -358,7 +336,7 @@ class AsyncPool:
         self._retire(entry, lease, reason)
         return False
 
-    async def _wait(self, lease: Lease, deadline: float) -> Step | None:
+    async def _wait(self, lease: Lease, deadline: float, checkout_started: float) -> Step | None:
         """Wait until ``lease`` is granted a connection or a slot, or its deadline passes
         (:class:`PoolTimeout`). ``None``: look again (growth may be possible now)."""
         assert lease.wake is not None
@@ -370,7 +348,7 @@ class AsyncPool:
             # Queued with room to grow: growth is blocked (a cap or an outage). Wake when it
             # unblocks to retry the connect.
             wake = min(wake, state.blocked_until - started)
-        timer = future.get_loop().call_later(max(0.0, wake), _expire, future)
+        timer = future.get_loop().call_later(max(0.0, wake), expire, future)
         try:
             notified = await future
         finally:
@@ -380,11 +358,11 @@ class AsyncPool:
         step = state.granted(lease)
         if step is None and time.monotonic() >= deadline:
             state.counters.timeouts += 1
-            raise self._timeout_error(time.monotonic() - started)
+            raise self._timeout_error(time.monotonic() - checkout_started)
         self._wait_times.append(time.monotonic() - started)
         return step
 
-    async def _open(self, lease: Lease, deadline: float) -> Entry | None:
+    async def _open(self, lease: Lease, deadline: float, checkout_started: float) -> Entry | None:
         """Open a connection in ``lease``'s reserved slot. ``None`` after a cap or an outage
         (growth blocked for a jittered backoff; the caller waits until its deadline); other
         errors (wrong password, unknown database) raise at once."""
@@ -412,7 +390,7 @@ class AsyncPool:
             )
             if time.monotonic() >= deadline:
                 self._state.counters.timeouts += 1
-                raise self._timeout_error(self._config.timeout) from exc
+                raise self._timeout_error(time.monotonic() - checkout_started) from exc
             return None
         self._state.opened(lease, entry, time.monotonic())
         logger.debug("%s: opened connection %d", self._name, entry.session_id)
@@ -543,32 +521,13 @@ class AsyncPool:
 
     def _timeout_error(self, waited: float) -> BaseException:
         state = self._state
-        holders = sorted(
-            (e.holder for e in state.entries if e.holder is not None and e.holder.ident),
-            key=lambda lease: lease.since,
-        )
-        lines = [
-            f"{self._name}: no connection within {waited:.1f}s from {self._dsn.redacted()}:"
-            f" size {state.size}/{self._config.max_size}, in use {state.in_use},"
-            f" idle {len(state.idle)}, waiting {len(state.waiters)}"
-        ]
-        if state.last_connect_error is not None:
-            lines.append(f"last connect error: {state.last_connect_error}")
-        now = time.monotonic()
-        if holders:
-            lines.append("held by:")
-            for lease in holders[:10]:
-                name = lease.thread.name if lease.thread is not None else "?"
-                lines.append(
-                    f"  task {name!r} for {now - lease.since:.1f}s, acquired at {lease.where()}"
-                )
-            if len(holders) > 10:
-                lines.append(f"  ... and {len(holders) - 10} more")
+        message = f"{self._name}: no connection within {waited:.1f}s from {self._dsn.redacted()}"
+        report = state.report(time.monotonic(), holder="task")
         return driver_error(
             PoolTimeout,
             self._driver.OperationalError,
             state.last_connect_errno or 0,
-            "\n".join(lines),
+            f"{message}: {report}",
         )
 
     # ------------------------------------------------------------------ processes
@@ -590,47 +549,6 @@ class AsyncPool:
     def _close_at_exit(self) -> None:
         """At interpreter exit: close what is idle without awaiting anything."""
         self._close_now()
-
-
-class Checkout:
-    """What :meth:`AsyncPool.connection` returns: ``async with`` it, or ``await`` it."""
-
-    __slots__ = ("_conn", "_origin", "_pool", "_wait")
-
-    def __init__(self, pool: AsyncPool, wait: float, origin: Any) -> None:
-        self._pool = pool
-        self._wait = wait
-        self._origin = origin
-        self._conn: AsyncConnection | None = None
-
-    async def __aenter__(self) -> AsyncConnection:
-        self._conn = await self._pool._checkout(self._wait, self._origin)
-        return self._conn
-
-    async def __aexit__(self, *exc: object) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None and conn._lease is not None:
-            await conn.close()
-
-    def __await__(self) -> Generator[Any, None, AsyncConnection]:
-        return self._pool._checkout(self._wait, self._origin).__await__()
-
-
-def _prepare_to_wait(lease: Lease) -> None:
-    """Give a queued lease its wake-up: a future resolved ``True`` by whoever grants it a
-    connection or a slot (``False``: its timer ran out first)."""
-    future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-
-    def notify() -> None:
-        if not future.done():
-            future.set_result(True)
-
-    lease.wake = Wake(future, notify)
-
-
-def _expire(future: asyncio.Future[bool]) -> None:
-    if not future.done():
-        future.set_result(False)
 
 
 def _describe(exc: BaseException) -> str:
