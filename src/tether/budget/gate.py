@@ -131,8 +131,9 @@ class Gate:
             if not self.online and time.monotonic() < self._retry_at:
                 return self._take_offline()
             token = Token()
-            try:
-                granted, snap = self.store.acquire(
+
+            def ask() -> tuple[bool, Snapshot]:
+                return self.store.acquire(
                     self.holder,
                     limit=self.limit,
                     cap=self.cap,
@@ -141,19 +142,14 @@ class Gate:
                     info=self._info(),
                     grace=self.grace,
                 )
+
+            try:
+                granted, snap = ask()
                 if not granted and snap.total < max(snap.cap, 1):
                     # Refused on a limit computed from an older answer: look again once.
                     self._heard(snap)
                     if self.limit > snap.mine:
-                        granted, snap = self.store.acquire(
-                            self.holder,
-                            limit=self.limit,
-                            cap=self.cap,
-                            ttl=self.ttl,
-                            waiting=waiting,
-                            info=self._info(),
-                            grace=self.grace,
-                        )
+                        granted, snap = ask()
             except self._errors() as exc:
                 self._lost(exc)
                 return self._take_offline()

@@ -143,17 +143,11 @@ class SQLAlchemyAsync(AsyncVariant):
     )
 
     async def _open(self) -> None:
-        from sqlalchemy import text
         from sqlalchemy.ext.asyncio import create_async_engine
 
         tables = self.tables
         self.engine = create_async_engine(self.endpoint.url("mysql+asyncmy"), pool_pre_ping=True)
-        self._select = text(tables.select.replace("%s", ":key"))
-        self._insert = text(
-            f"INSERT INTO {tables.ledger} (request_id, slot, session)"
-            " VALUES (:request_id, :slot, CONNECTION_ID())"
-        )
-        self._update = text(f"UPDATE {tables.counters} SET n = n + 1 WHERE slot = :slot")
+        self._select, self._insert, self._update = tables.sqlalchemy_statements()
 
     async def _read(self, key: int) -> None:
         async with self.engine.connect() as conn:

@@ -85,6 +85,17 @@ class Tables:
     def update(self) -> str:
         return f"UPDATE {self.counters} SET n = n + 1 WHERE slot = %s"
 
+    def sqlalchemy_statements(self) -> tuple[Any, Any, Any]:
+        """The select, insert and update as SQLAlchemy ``text()`` with named parameters
+        (``:key``; ``:request_id``, ``:slot``; ``:slot``)."""
+        from sqlalchemy import text
+
+        return (
+            text(self.select.replace("%s", ":key")),
+            text(self.insert.replace("%s, %s", ":request_id, :slot")),
+            text(self.update.replace("%s", ":slot")),
+        )
+
 
 Work = Callable[[], None]
 
@@ -296,16 +307,11 @@ class SQLAlchemyPrePing(Variant):
 
     def __init__(self, endpoint: Endpoint, tables: Tables, *, driver: str) -> None:
         super().__init__(endpoint, tables, driver=driver)
-        from sqlalchemy import create_engine, text
+        from sqlalchemy import create_engine
 
         scheme = "mysql+pymysql" if driver == "pymysql" else "mysql+mysqldb"
         self.engine = create_engine(endpoint.url(scheme), pool_pre_ping=True)
-        self._select = text(tables.select.replace("%s", ":key"))
-        self._insert = text(
-            f"INSERT INTO {tables.ledger} (request_id, slot, session)"
-            " VALUES (:request_id, :slot, CONNECTION_ID())"
-        )
-        self._update = text(f"UPDATE {tables.counters} SET n = n + 1 WHERE slot = :slot")
+        self._select, self._insert, self._update = tables.sqlalchemy_statements()
 
     def read(self, key: int) -> None:
         with self.engine.connect() as conn:
@@ -331,7 +337,6 @@ class SQLAlchemyOnTether(Variant):
 
     def __init__(self, endpoint: Endpoint, tables: Tables, *, driver: str) -> None:
         super().__init__(endpoint, tables, driver=driver)
-        from sqlalchemy import text
 
         from ..contrib.sqlalchemy import create_engine
 
@@ -339,12 +344,7 @@ class SQLAlchemyOnTether(Variant):
         self.engine = create_engine(
             endpoint.url(scheme), pool_options={"timeout": 10.0, "name": f"demo-{self.key}"}
         )
-        self._select = text(tables.select.replace("%s", ":key"))
-        self._insert = text(
-            f"INSERT INTO {tables.ledger} (request_id, slot, session)"
-            " VALUES (:request_id, :slot, CONNECTION_ID())"
-        )
-        self._update = text(f"UPDATE {tables.counters} SET n = n + 1 WHERE slot = :slot")
+        self._select, self._insert, self._update = tables.sqlalchemy_statements()
 
     def read(self, key: int) -> None:
         from sqlalchemy.orm import Session

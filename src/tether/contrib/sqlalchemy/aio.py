@@ -20,8 +20,7 @@ from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 from sqlalchemy.util import await_
 
 from ...aio import AsyncConnection, AsyncPool
-from ...errors import ConnectionReleased, driver_error
-from .dbapi import _ENDS, _NEVER, _OPENS, _SET_NAMES, _WRITE, statement_kind
+from .dbapi import _ENDS, _NEVER, _OPENS, _SET_NAMES, _WRITE, given_back, statement_kind
 from .pool import TetherPool
 
 __all__ = ["AsyncSessionConnection", "AsyncTetherPool", "create_async_engine"]
@@ -56,12 +55,7 @@ class AsyncSessionConnection:
     def _live(self) -> AsyncConnection:
         conn = self._conn
         if conn is None:
-            raise driver_error(
-                ConnectionReleased,
-                self._pool.driver.InterfaceError,
-                0,
-                "this connection was given back to the tether pool",
-            )
+            raise given_back(self._pool.driver)
         return conn
 
     @property

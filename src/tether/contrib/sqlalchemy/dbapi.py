@@ -70,6 +70,16 @@ def statement_kind(query: str | bytes) -> int:
     return kind
 
 
+def given_back(driver: Any) -> BaseException:
+    """Use of a connection SQLAlchemy already gave back: the driver's ``InterfaceError``."""
+    return driver_error(
+        ConnectionReleased,
+        driver.InterfaceError,
+        0,
+        "this connection was given back to the tether pool",
+    )
+
+
 class SessionConnection:
     """One SQLAlchemy pool record's DB-API connection. It holds a tether check-out only while
     SQLAlchemy has it checked out (:class:`tether.contrib.sqlalchemy.TetherPool` takes it at
@@ -108,12 +118,7 @@ class SessionConnection:
     def _live(self) -> PooledConnection:
         conn = self._conn
         if conn is None:
-            raise driver_error(
-                ConnectionReleased,
-                self._pool.driver.InterfaceError,
-                0,
-                "this connection was given back to the tether pool",
-            )
+            raise given_back(self._pool.driver)
         return conn
 
     def cursor(self, *args: Any, **kwargs: Any) -> SessionCursor:
