@@ -70,8 +70,8 @@ def run(
     notes = [
         f"Load: {'wrk' if wrk else 'a Python load generator (wrk not found)'}; {seconds} s"
         f" cells, {rounds} round(s), medians; gunicorn gthread, 16 threads, one worker;"
-        " PyMySQL. The machine was shared with other work while this ran: the ratios, taken"
-        " from cells run side by side, mean more than the absolute figures."
+        " PyMySQL. The ratios, taken from cells run side by side, mean more than the"
+        " absolute figures (the host's load moves those)."
     ]
     log_dir = Path(tempfile.mkdtemp(prefix="tether-orm-bench-"))
     served = {
